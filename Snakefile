@@ -1,0 +1,31 @@
+# lorascope: where in the network does relevance live?
+# A table of contents: config, validation (workflow/schemas/config.schema.yaml, via
+# lorascope.config), one rule file per stage, and the default target.
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+# config.yaml is the embedded default study; `--configfile other.yaml` runs that study
+# instead of being merged over the default's models and splits.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    study=STUDY.name,
+    split="|".join(STUDY.splits),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/first_stage.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets,

@@ -1,0 +1,113 @@
+"""Command-line entry points, one subcommand per workflow stage.
+
+Each subcommand wires paths and its config slice (``--params``, JSON) into one function of the
+package; heavy libraries are imported inside the subcommand, so ``lorascope --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("lorascope")
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--params is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return value
+
+
+def _validate_config(args: argparse.Namespace) -> None:
+    from lorascope.config import load_study_file
+
+    study = load_study_file(args.config)
+    print(
+        f"{args.config}: study {study.name!r} is valid (hash {study.hash}; "
+        f"{len(study.models)} models, {len(study.splits)} splits)"
+    )
+
+
+def _build_embedded(args: argparse.Namespace) -> None:
+    from lorascope.data.embedded import build
+
+    build(args.source, args.out)
+
+
+def _prepare_split(args: argparse.Namespace) -> None:
+    from lorascope.data.prepare import prepare_split
+
+    prepare_split(args.params, args.out)
+
+
+def _prepare_train(args: argparse.Namespace) -> None:
+    from lorascope.data.prepare import prepare_train
+
+    prepare_train(args.params, args.out)
+
+
+def _first_stage(args: argparse.Namespace) -> None:
+    from lorascope.first_stage import evaluate
+
+    evaluate(args.params, args.split_dir, args.metrics, args.summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorascope", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("validate-config", _validate_config, "Validate a study config file and exit.")
+    p.add_argument("config")
+
+    p = add("build-embedded-data", _build_embedded, "Rebuild the shipped TREC DL tables.")
+    p.add_argument("--from", dest="source", required=True, help="folder with the TREC DL files")
+    p.add_argument("--out", required=True, help="output folder (the package's resources/trec-dl)")
+
+    p = add("prepare-split", _prepare_split, "Write one reranking split (queries, candidates, qrels).")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--out", required=True, help="split directory")
+
+    p = add("prepare-train", _prepare_train, "Write the training groups.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--out", required=True, help="train_groups.parquet path")
+
+    p = add("evaluate-first-stage", _first_stage, "Evaluate the first-stage ranking of a split.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
+    p.add_argument("--summary", required=True, help="summary JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+        log.debug("failed", exc_info=True)
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

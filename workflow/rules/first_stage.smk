@@ -1,0 +1,26 @@
+# The first-stage ranking of each split, evaluated as the baseline row of every table.
+
+
+rule evaluate_first_stage:
+    input:
+        expand("results/{{study}}/data/{{split}}/{table}.parquet", table=SPLIT_TABLES),
+    output:
+        metrics="results/{study}/first_stage/{split}/metrics.parquet",
+        summary="results/{study}/first_stage/{split}/summary.json",
+    log:
+        "results/{study}/logs/evaluate_first_stage/{split}.log",
+    benchmark:
+        "results/{study}/benchmarks/evaluate_first_stage/{split}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cfg=first_stage_params,
+        split_dir=split_dir,
+    shell:
+        "lorascope evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
+        " --metrics {output.metrics} --summary {output.summary} 2> {log}"
