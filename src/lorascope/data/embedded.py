@@ -173,12 +173,18 @@ def _read_candidates(path: Path) -> tuple[dict[str, list[Any]], dict[str, list[A
 
 
 def build(source_dir: str | Path, out_dir: str | Path) -> dict[str, dict[str, int]]:
-    """Convert the TREC DL source files into the shipped Parquet tables; returns row counts."""
+    """Convert the TREC DL source files into the shipped Parquet tables; returns row counts.
+
+    Every source file is read and checked before the first table is written, so a bad file
+    leaves ``out_dir`` untouched.
+    """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    counts = {}
+    parsed = {}
     for name, (cand_file, qrels_file) in SOURCE_FILES.items():
         queries, cands = _read_candidates(source_dir / cand_file)
-        qrels = _read_qrels(source_dir / qrels_file)
+        parsed[name] = (queries, cands, _read_qrels(source_dir / qrels_file))
+    counts = {}
+    for name, (queries, cands, qrels) in parsed.items():
         counts[name] = {
             "queries": write_table(out_dir / f"{name}.queries.parquet", queries, QUERIES),
             "candidates": write_table(out_dir / f"{name}.candidates.parquet", cands, CANDIDATES),
