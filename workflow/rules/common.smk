@@ -35,10 +35,16 @@ def data_targets():
     return out
 
 
+def first_stage_targets():
+    return [f"{RESULTS}/first_stage/{split}/summary.json" for split in STUDY.splits]
+
+
+def data_all_targets(wildcards):
+    return data_targets() + first_stage_targets()
+
+
 def all_targets(wildcards):
-    return data_targets() + expand(
-        f"{RESULTS}/first_stage/{{split}}/summary.json", split=list(STUDY.splits)
-    )
+    return data_all_targets(wildcards)
 
 
 SPLIT_TABLES = ("queries", "candidates", "qrels")

@@ -24,3 +24,9 @@ rule evaluate_first_stage:
     shell:
         "lorascope evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
+
+
+rule data_all:
+    # Target: every split prepared and its first-stage ranking evaluated.
+    input:
+        data_all_targets,
