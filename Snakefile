@@ -19,10 +19,16 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     study=STUDY.name,
     split="|".join(STUDY.splits),
+    model="|".join(STUDY.models),
+    adapter=r"r\d+-[a-z][a-z0-9_]*",
+    step=r"\d+",
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/first_stage.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/adapters.smk"
 
 
 rule all:

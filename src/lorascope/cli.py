@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,9 +61,30 @@ def _first_stage(args: argparse.Namespace) -> None:
     evaluate(args.params, args.split_dir, args.metrics, args.summary)
 
 
+def _prepare_base(args: argparse.Namespace) -> None:
+    from lorascope.stages import prepare_base
+
+    prepare_base(args.params, args.out, args.train_groups)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from lorascope.stages import train_lora
+
+    train_lora(args.params, args.base, args.train_groups, args.work_dir, args.out)
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from lorascope.adapters import extract
+
+    extract(args.params, args.train_dir, args.base, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorascope", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (the rule's threads)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -90,11 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", required=True)
     p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
     p.add_argument("--summary", required=True, help="summary JSON")
+    p = add("prepare-base", _prepare_base, "Prepare a base model directory (hub/local/package/GGUF/tiny).")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--out", required=True, help="base model directory")
+    p.add_argument("--train-groups", help="training groups (tiny models pretrain on their passages)")
+
+    p = add("train", _train, "Train one LoRA reranker, saving checkpoints at the configured steps.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--base", required=True, help="prepared base model directory")
+    p.add_argument("--train-groups", required=True)
+    p.add_argument("--work-dir", required=True, help="resumable working directory (kept on failure)")
+    p.add_argument("--out", required=True, help="published run directory (checkpoints + log)")
+
+    p = add("extract-adapter", _extract, "Extract one checkpoint as a standalone adapter + manifest.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--train-dir", required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:  # before torch is imported: its thread pools read these at import
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -210,6 +210,49 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Significance:
+    test: Literal["wilcoxon", "ttest"]
+    correction: Literal["holm", "bonferroni", "none"]
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Convergence:
+    split: str
+    measure: str
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: tuple[str, ...]
+    splits: tuple[str, ...]
+    batch_tokens: int
+    significance: Significance
+    convergence: Convergence
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Ablations of one checkpoint (``step``: an int or 'last') of chosen models/adapters."""
+
+    name: str
+    adapters: tuple[str, ...] | None
+    models: tuple[str, ...] | None
+    step: int | str
+    splits: tuple[str, ...]
+    generate: str | None
+    ablations: Mapping[str, Any]
+
+    def spec(self) -> dict[str, Any]:
+        """The declarative part that :func:`lorascope.ablation.resolve_sweep` reads."""
+        out: dict[str, Any] = {"ablations": copy.deepcopy(dict(self.ablations))}
+        if self.generate:
+            out["generate"] = self.generate
+        return out
+
+
+@dataclass(frozen=True)
 class Study:
     """The whole, validated study. ``raw`` is the defaults-filled config dict."""
 
@@ -218,9 +261,14 @@ class Study:
     reference: str | None
     train: TrainData
     splits: Mapping[str, Split]
-    metrics: tuple[str, ...]
+    evaluation: Evaluation
     models: Mapping[str, Model]
+    sweeps: Mapping[str, Sweep]
     raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.evaluation.metrics
 
     @property
     def hash(self) -> str:
@@ -300,6 +348,19 @@ def merged_training(study_training: Mapping[str, Any], overrides: Mapping[str, A
     return merged
 
 
+def _package_root(name: str, key: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        dist = name.replace("_", "-")
+        raise ConfigError(
+            f"config key '{key}': package {name!r} is not installed (pip install --no-deps {dist})"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any], base: Path) -> Model:
     key = f"models.{name}"
     given = [k for k in MODEL_SOURCES if k in raw]
@@ -322,7 +383,16 @@ def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any],
                 f"({path}/config.json does not exist)"
             )
         source["path"] = str(path)
-    elif kind == "gguf" and "package" not in raw["gguf"]:
+    elif kind == "package":
+        _package_root(raw["package"]["name"], f"{key}.package.name")
+    elif kind == "gguf" and "package" in raw["gguf"]:
+        root = _package_root(raw["gguf"]["package"], f"{key}.gguf.package")
+        if not (root / raw["gguf"]["file"]).is_file():
+            raise ConfigError(
+                f"config key '{key}.gguf.file': package {raw['gguf']['package']!r} has no file "
+                f"{raw['gguf']['file']!r}"
+            )
+    elif kind == "gguf":
         path = (base / raw["gguf"]["file"]).resolve()
         if not path.is_file():
             raise ConfigError(f"config key '{key}.gguf.file': {raw['gguf']['file']!r} does not exist")
@@ -390,6 +460,88 @@ def _check_metrics(metrics: Sequence[str]) -> None:
             ) from err
 
 
+def _check_split_names(names: Sequence[str], splits: Mapping[str, Split], key: str) -> None:
+    for i, name in enumerate(names):
+        if name not in splits:
+            raise ConfigError(
+                f"config key '{key}[{i}]': unknown split {name!r} (splits: {', '.join(splits)})"
+            )
+
+
+def _parse_evaluation(raw: Mapping[str, Any], splits: Mapping[str, Split]) -> Evaluation:
+    _check_metrics(raw["metrics"])
+    names = raw["splits"] if raw["splits"] is not None else list(splits)
+    _check_split_names(names, splits, "evaluation.splits")
+    conv = raw["convergence"]
+    split = conv["split"] or ("validation" if "validation" in splits else next(iter(splits)))
+    if split not in splits:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.split': unknown split {split!r} "
+            f"(splits: {', '.join(splits)})"
+        )
+    if split not in names:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.split': {split!r} is not among the splits "
+            f"every checkpoint is evaluated on (evaluation.splits: {', '.join(names)})"
+        )
+    if conv["measure"] not in raw["metrics"]:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.measure': {conv['measure']!r} is not one of "
+            f"evaluation.metrics ({', '.join(raw['metrics'])})"
+        )
+    return Evaluation(
+        metrics=tuple(raw["metrics"]),
+        splits=tuple(names),
+        batch_tokens=raw["batch_tokens"],
+        significance=Significance(**raw["significance"]),
+        convergence=Convergence(split=split, measure=conv["measure"], epsilon=conv["epsilon"]),
+    )
+
+
+def _parse_sweep(
+    name: str, raw: Mapping[str, Any], splits: Mapping[str, Split], models: Mapping[str, Model]
+) -> Sweep:
+    key = f"sweeps.{name}"
+    if not raw["ablations"] and "generate" not in raw:
+        raise ConfigError(f"config key '{key}': a sweep needs ablations or generate")
+    if "full" in raw["ablations"]:
+        raise ConfigError(
+            f"config key '{key}.ablations.full': the name 'full' is reserved (the unablated "
+            "adapter every sweep includes)"
+        )
+    for i, model in enumerate(raw["models"] or []):
+        if model not in models:
+            raise ConfigError(
+                f"config key '{key}.models[{i}]': unknown model {model!r} (models: {', '.join(models)})"
+            )
+    chosen = [models[m] for m in (raw["models"] or models)]
+    for i, adapter in enumerate(raw["adapters"] or []):
+        if not any(adapter in {a.name for a in m.training.adapters} for m in chosen):
+            known = sorted({a.name for m in chosen for a in m.training.adapters})
+            raise ConfigError(
+                f"config key '{key}.adapters[{i}]': no model trains adapter {adapter!r} "
+                f"(adapters: {', '.join(known)})"
+            )
+    if raw["step"] != "last":
+        for m in chosen:
+            if raw["step"] not in m.training.steps:
+                raise ConfigError(
+                    f"config key '{key}.step': {raw['step']} is not a checkpoint step of model "
+                    f"{m.name!r} (steps: {list(m.training.steps)})"
+                )
+    names = raw["splits"] if raw["splits"] is not None else list(splits)
+    _check_split_names(names, splits, f"{key}.splits")
+    return Sweep(
+        name=name,
+        adapters=tuple(raw["adapters"]) if raw["adapters"] is not None else None,
+        models=tuple(raw["models"]) if raw["models"] is not None else None,
+        step=raw["step"],
+        splits=tuple(names),
+        generate=raw.get("generate"),
+        ablations=copy.deepcopy(raw["ablations"]),
+    )
+
+
 def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
     """Validate and parse a study config (a dict as read from YAML).
 
@@ -399,10 +551,13 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
     base = Path(base_dir)
     train, splits = _parse_data(config["data"])
     _parse_training(config["training"], "training")  # study-level errors name 'training.*'
-    _check_metrics(config["evaluation"]["metrics"])
+    evaluation = _parse_evaluation(config["evaluation"], splits)
     models = {
         name: _parse_model(name, spec, config["training"], base)
         for name, spec in config["models"].items()
+    }
+    sweeps = {
+        name: _parse_sweep(name, spec, splits, models) for name, spec in config["sweeps"].items()
     }
     return Study(
         name=config["study"],
@@ -410,8 +565,9 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
         reference=config["reference"],
         train=train,
         splits=splits,
-        metrics=tuple(config["evaluation"]["metrics"]),
+        evaluation=evaluation,
         models=models,
+        sweeps=sweeps,
         raw=config,
     )
 

@@ -35,3 +35,49 @@ def split_data(study: Study, split: str) -> dict[str, Any]:
 
 def first_stage(study: Study, split: str) -> dict[str, Any]:
     return {"split": split, "metrics": list(study.metrics)}
+
+
+def base_model(study: Study, model: str) -> dict[str, Any]:
+    """A base model's source (tiny models: their shape and pretraining) and the seed."""
+    m = study.models[model]
+    return {"model": model, "source": dict(m.source), "seed": study.seed}
+
+
+def train(study: Study, model: str, adapter: str) -> dict[str, Any]:
+    """Everything that shapes one LoRA run (the fields of ``lorascope.train.TrainSettings``)."""
+    from lorascope.plan import adapter_of
+
+    m = study.models[model]
+    t = m.training
+    a = adapter_of(m, adapter)
+    return {
+        "model": model,
+        "adapter": adapter,
+        "settings": {
+            "rank": a.rank,
+            "targets": list(a.targets) if isinstance(a.targets, tuple) else a.targets,
+            "steps": list(t.steps),
+            "alpha": t.lora.alpha,
+            "dropout": t.lora.dropout,
+            "use_rslora": t.lora.rslora,
+            "use_dora": t.lora.dora,
+            "lr": t.lr,
+            "schedule": t.schedule,
+            "decay_steps": t.decay_steps,
+            "warmup_steps": t.warmup_steps,
+            "queries_per_step": t.queries_per_step,
+            "micro_batch_queries": t.micro_batch_queries,
+            "group_size": t.group_size,
+            "max_length": t.max_length,
+            "weight_decay": t.weight_decay,
+            "precision": t.precision,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "quantize_4bit": t.quantize_4bit,
+            "seed": study.seed,
+        },
+    }
+
+
+def extract(study: Study, model: str, adapter: str, step: int) -> dict[str, Any]:
+    """The checkpoint to extract and the training slice its manifest records."""
+    return {**train(study, model, adapter), "step": step}

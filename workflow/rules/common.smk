@@ -24,6 +24,53 @@ def first_stage_params(wildcards):
     return slices.to_json(slices.first_stage(STUDY, wildcards.split))
 
 
+def base_model_params(wildcards):
+    return slices.to_json(slices.base_model(STUDY, wildcards.model))
+
+
+def train_params(wildcards):
+    return slices.to_json(slices.train(STUDY, wildcards.model, wildcards.adapter))
+
+
+def extract_params(wildcards):
+    step = int(wildcards.step)
+    return slices.to_json(
+        slices.extract(STUDY, wildcards.model, wildcards.adapter, step)
+    )
+
+
+def base_model_inputs(wildcards):
+    """Tiny models pretrain on the study's training passages; other sources need no data."""
+    if STUDY.models[wildcards.model].kind == "tiny":
+        return {"train_groups": f"{RESULTS}/data/train_groups.parquet"}
+    return {}
+
+
+def train_groups_arg(wildcards, input):
+    return (
+        f"--train-groups {input.train_groups}" if "train_groups" in input.keys() else ""
+    )
+
+
+def train_work_dir(wildcards):
+    return f"{RESULTS}/work/train/{wildcards.model}/{wildcards.adapter}"
+
+
+def train_runtime(wildcards):
+    """Minutes for a training job: generous for the run's length (profiles may override)."""
+    steps = STUDY.models[wildcards.model].training.steps[-1]
+    return max(30, steps // 2)
+
+
+def adapter_targets():
+    return [
+        f"{RESULTS}/adapters/{m.name}/{a.name}/step-{step}"
+        for m in STUDY.models.values()
+        for a in m.training.adapters
+        for step in m.training.steps
+    ]
+
+
 def split_dir(wildcards):
     return f"{RESULTS}/data/{wildcards.split}"
 
@@ -44,7 +91,7 @@ def data_all_targets(wildcards):
 
 
 def all_targets(wildcards):
-    return data_all_targets(wildcards)
+    return data_all_targets(wildcards) + adapter_targets()
 
 
 SPLIT_TABLES = ("queries", "candidates", "qrels")

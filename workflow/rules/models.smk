@@ -1,0 +1,26 @@
+# Base models: a ready Hugging Face directory per {model} (hub / local / package / GGUF / tiny),
+# with base_manifest.json recording the source, revision and weights hash.
+
+
+rule prepare_base:
+    input:
+        unpack(base_model_inputs),
+    output:
+        directory("results/{study}/models/{model}/base"),
+    log:
+        "results/{study}/logs/prepare_base/{model}.log",
+    benchmark:
+        "results/{study}/benchmarks/prepare_base/{model}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        cfg=base_model_params,
+        train_groups=train_groups_arg,
+    shell:
+        "lorascope --threads {threads} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
+        " 2> {log}"

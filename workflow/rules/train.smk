@@ -1,0 +1,28 @@
+# LoRA reranker training: one job per {model} x {adapter} (= r<rank>-<targets>), checkpoints at
+# the configured steps. A killed job resumes from its work directory when rerun.
+
+
+rule train_lora:
+    input:
+        base="results/{study}/models/{model}/base",
+        train_groups="results/{study}/data/train_groups.parquet",
+    output:
+        directory("results/{study}/train/{model}/{adapter}"),
+    log:
+        "results/{study}/logs/train_lora/{model}/{adapter}.log",
+    benchmark:
+        "results/{study}/benchmarks/train_lora/{model}/{adapter}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=train_runtime,
+    params:
+        cfg=train_params,
+        work=train_work_dir,
+    shell:
+        "lorascope --threads {threads} train --params {params.cfg:q} --base {input.base}"
+        " --train-groups {input.train_groups} --work-dir {params.work} --out {output}"
+        " 2> {log}"
