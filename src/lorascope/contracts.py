@@ -87,8 +87,74 @@ METRICS = Contract(
     ),
 )
 
+# ---- study summary tables (written by `summarize`, read by the report) ----
+
+#: One row per (model, adapter, step, sweep, split, ablation, measure): the mean over the
+#: split's judged queries, its change against the full adapter of the same job and the paired
+#: test. First-stage rows: model = adapter = targets = "", rank = step = 0,
+#: sweep = ablation = "first_stage", delta/p values null.
+EVALUATIONS = Contract(
+    "evaluations",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("rank", pa.int32()),
+            ("targets", pa.string()),
+            ("step", pa.int32()),
+            ("sweep", pa.string()),
+            ("split", pa.string()),
+            ("ablation", pa.string()),
+            ("measure", pa.string()),
+            ("value", pa.float64()),
+            ("delta", pa.float64()),
+            ("p_value", pa.float64()),
+            ("p_adjusted", pa.float64()),
+            ("significant", pa.bool_()),
+            ("queries", pa.int32()),
+        ]
+    ),
+)
+#: Table 2's convergence rule applied per run: the first checkpoint whose ``measure`` on
+#: ``split`` is within ``epsilon`` of the run's best checkpoint.
+CONVERGENCE = Contract(
+    "convergence",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("rank", pa.int32()),
+            ("targets", pa.string()),
+            ("split", pa.string()),
+            ("measure", pa.string()),
+            ("epsilon", pa.float64()),
+            ("convergence_step", pa.int32()),
+            ("best_step", pa.int32()),
+            ("value_at_convergence", pa.float64()),
+            ("best_value", pa.float64()),
+        ]
+    ),
+)
+#: The training loss log of every run.
+TRAINING_LOG = Contract(
+    "training_log",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("step", pa.int32()),
+            ("loss", pa.float64()),
+            ("lr", pa.float64()),
+        ]
+    ),
+)
+
 CONTRACTS: dict[str, Contract] = {
-    c.name: c for c in (TRAIN_GROUPS, QUERIES, QRELS, CANDIDATES, SCORES, METRICS)
+    c.name: c
+    for c in (
+        TRAIN_GROUPS, QUERIES, QRELS, CANDIDATES, SCORES, METRICS, EVALUATIONS, CONVERGENCE,
+        TRAINING_LOG,
+    )
 }
 
 

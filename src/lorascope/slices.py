@@ -81,3 +81,34 @@ def train(study: Study, model: str, adapter: str) -> dict[str, Any]:
 def extract(study: Study, model: str, adapter: str, step: int) -> dict[str, Any]:
     """The checkpoint to extract and the training slice its manifest records."""
     return {**train(study, model, adapter), "step": step}
+
+
+def evaluate(study: Study, model: str, adapter: str, step: int, sweep: str, split: str) -> dict[str, Any]:
+    """One evaluation job: which checkpoint, which ablations, how it is scored and tested."""
+    from lorascope.plan import CHECKPOINTS
+
+    spec = {"ablations": {}} if sweep == CHECKPOINTS else study.sweeps[sweep].spec()
+    ev = study.evaluation
+    return {
+        "model": model,
+        "adapter": adapter,
+        "step": step,
+        "sweep": sweep,
+        "sweep_spec": spec,
+        "split": split,
+        "metrics": list(ev.metrics),
+        "significance": dataclasses.asdict(ev.significance),
+        "scoring": {
+            "batch_tokens": ev.batch_tokens,
+            "max_length": study.models[model].training.max_length,
+        },
+    }
+
+
+def summarize(study: Study) -> dict[str, Any]:
+    """What the study summary depends on: the convergence rule and the metric names."""
+    return {
+        "convergence": dataclasses.asdict(study.evaluation.convergence),
+        "metrics": list(study.evaluation.metrics),
+        "significance": dataclasses.asdict(study.evaluation.significance),
+    }
