@@ -22,6 +22,7 @@ wildcard_constraints:
     model="|".join(STUDY.models),
     adapter=r"r\d+-[a-z][a-z0-9_]*",
     step=r"\d+",
+    sweep=r"[a-z][a-z0-9_]*",
 
 
 include: "workflow/rules/data.smk"
@@ -29,6 +30,8 @@ include: "workflow/rules/first_stage.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/adapters.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

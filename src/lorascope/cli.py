@@ -79,6 +79,12 @@ def _extract(args: argparse.Namespace) -> None:
     extract(args.params, args.train_dir, args.base, args.out)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from lorascope.stages import evaluate
+
+    evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorascope", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -129,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-dir", required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
+    p = add("evaluate", _evaluate, "Score a split under every ablation of a sweep (one checkpoint).")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", required=True, help="extracted adapter directory")
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--summary", required=True)
     return parser
 
 

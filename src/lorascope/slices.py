@@ -112,3 +112,91 @@ def summarize(study: Study) -> dict[str, Any]:
         "metrics": list(study.evaluation.metrics),
         "significance": dataclasses.asdict(study.evaluation.significance),
     }
+
+
+#: Row labels of the paper's Tables 3 and 4, by the ablation names of configs/paper.yaml.
+PAPER_LABELS = {
+    "no_lora": "No LoRA updates",
+    "mlp_only": "MLP updates only",
+    "mha_only": "MHA updates only",
+    "layers_5_15": "Layers 5 to 15",
+    "layers_5_31": "Layers 5 to 31",
+    "layers_0_4_16_31": "Layers 0 to 4 and 16 to 31",
+    "up_gate": "All layers, up & gate only",
+    "layers_0_15": "Layers 0 to 15",
+}
+MEASURE_LABELS = {"AP(rel=2)": "MAP", "RR(rel=2)": "MRR"}
+
+
+def _label(name: str) -> str:
+    return PAPER_LABELS.get(name, name.replace("_", " "))
+
+
+def _first_adapter(study: Study, preferred: str) -> str:
+    names = [a.name for m in study.models.values() for a in m.training.adapters]
+    return preferred if preferred in names else names[0]
+
+
+def _table(study: Study, raw: dict[str, Any], default_sweeps: list[str], full_label: str, full_first: bool):
+    sweeps = raw["sweeps"] if raw["sweeps"] is not None else default_sweeps
+    sweeps = [s for s in sweeps if s in study.sweeps]
+    if not sweeps:
+        return None
+    first = study.sweeps[sweeps[0]]
+    if raw["rows"]:
+        rows = [[name, label] for name, label in raw["rows"].items()]
+    else:
+        names = list(first.ablations)
+        rows = [[n, _label(n)] for n in names]
+        rows = [["full", full_label], *rows] if full_first else [*rows, ["full", full_label]]
+    adapter = first.adapters[0] if first.adapters else _first_adapter(study, "r8-all")
+    return {"sweeps": sweeps, "adapter": adapter, "rows": rows}
+
+
+def _generated(study: Study, chosen: str | None, kind: str) -> str | None:
+    if chosen is not None:
+        return chosen
+    return next((s.name for s in study.sweeps.values() if s.generate == kind), None)
+
+
+def report(study: Study) -> dict[str, Any]:
+    """The report's resolved presentation settings (what ``lorascope.report`` renders)."""
+    raw = study.raw["report"]
+    ev = study.evaluation
+    conv = ev.convergence.split
+    tests = [s for s in study.splits if s != conv]
+    main = raw["main_split"] or ("dl19" if "dl19" in tests else (tests or [conv])[0])
+    paper_order = ["AP(rel=2)", "RR(rel=2)", "nDCG@10"]  # the paper's column order
+    ordered = sorted(ev.metrics, key=lambda m: paper_order.index(m) if m in paper_order else 3)
+    measures = [[MEASURE_LABELS.get(m, m), m] for m in ordered]
+    table1 = _first_adapter(study, raw["table1_adapter"] or "r8-all")
+    out: dict[str, Any] = {
+        "study": study.name,
+        "reference": study.reference,
+        "decimals": raw["decimals"],
+        "main_split": main,
+        "companion_splits": [s for s in tests if s != main],
+        "models": list(study.models),
+        "table1": {"adapter": table1, "measures": measures},
+        "table2": {"targets": "all", "measure": ev.convergence.measure},
+    }
+    t3 = _table(study, raw["table3"], ["components"], "Both MLP & MHA", full_first=False)
+    if t3:
+        t3["measures"] = [m for m in measures if m[1] in ("RR(rel=2)", "nDCG@10")] or measures
+    layer_sweeps = sorted(s for s in study.sweeps if s == "layers" or s.startswith("layers_"))
+    t4 = _table(study, raw["table4"], layer_sweeps, "All layers", full_first=True)
+    if t4:
+        t4["measure"] = ev.convergence.measure
+    out["table3"], out["table4"] = t3, t4
+    for key, kind, extra in (
+        ("heatmap", "each_layer_role", {}),
+        ("boundary", "boundary", {"selection_split": conv}),
+    ):
+        name = _generated(study, raw[f"{key}_sweep"], kind)
+        if name is None or name not in study.sweeps:
+            out[key] = None
+            continue
+        sweep = study.sweeps[name]
+        adapter = sweep.adapters[0] if sweep.adapters else table1
+        out[key] = {"sweep": name, "adapter": adapter, "measure": ev.convergence.measure, **extra}
+    return out

@@ -76,3 +76,49 @@ def _publish(work_dir: Path, out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def trained_modules(adapter_dir: str | Path, arch) -> set[tuple[int, str]]:
+    """The (layer, role) modules an adapter has LoRA weights for, from its adapter_config."""
+    import json
+
+    from lorascope.roles import parse_module_name
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        raise ValueError(f"{adapter_dir}: target_modules is a pattern ({targets!r}), not a list")
+    found = {parse_module_name(arch, name) for name in targets}
+    found.discard(None)
+    return found  # type: ignore[return-value]
+
+
+def evaluate(
+    params: Mapping[str, Any],
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    split_dir: str | Path,
+    out_scores: str | Path,
+    out_metrics: str | Path,
+    out_summary: str | Path,
+) -> None:
+    """Check the adapter belongs to this base, resolve the sweep against the model and the
+    modules the adapter trained, then score every ablation (:func:`lorascope.evaluate.evaluate`)."""
+    from lorascope import adapters
+    from lorascope.ablation import resolve_sweep
+    from lorascope.evaluate import evaluate as run
+    from lorascope.models.base import read_manifest
+    from lorascope.roles import roles_for
+
+    adapters.verify(adapter_dir, base_dir)
+    base = read_manifest(base_dir) or {}
+    arch = roles_for(base["model_type"])
+    ablations = resolve_sweep(
+        params["sweep"],
+        params["sweep_spec"],
+        num_layers=base["num_layers"],
+        arch_roles=arch.roles,
+        trained=trained_modules(adapter_dir, arch),
+    )
+    resolved = {**params, "ablations": [a.to_params() for a in ablations]}
+    run(resolved, base_dir, adapter_dir, split_dir, out_scores, out_metrics, out_summary)

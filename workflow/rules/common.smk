@@ -1,11 +1,12 @@
 # Shared helpers for all stages: the validated study, named input functions, and the
 # functions that hand each job its own config slice (as canonical JSON).
-from lorascope import slices
+from lorascope import plan, slices
 from lorascope.config import load_study
 
 # Validates against workflow/schemas/config.schema.yaml (fills its defaults) and checks what
 # a schema cannot; a bad config stops here, before any job runs, naming the key and value.
 STUDY = load_study(config)
+plan.check_plan(STUDY)  # ablation specs against each model's depth and roles
 RESULTS = f"results/{STUDY.name}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
@@ -91,7 +92,93 @@ def data_all_targets(wildcards):
 
 
 def all_targets(wildcards):
-    return data_all_targets(wildcards) + adapter_targets()
+    return (
+        data_all_targets(wildcards)
+        + adapter_targets()
+        + [f"reports/{STUDY.name}/{name}" for name in REPORT_FILES]
+    )
 
 
 SPLIT_TABLES = ("queries", "candidates", "qrels")
+
+
+def evaluate_params(wildcards):
+    return slices.to_json(
+        slices.evaluate(
+            STUDY,
+            wildcards.model,
+            wildcards.adapter,
+            int(wildcards.step),
+            wildcards.sweep,
+            wildcards.split,
+        )
+    )
+
+
+def eval_summary(job):
+    return f"{RESULTS}/eval/{job.model}/{job.adapter}/step-{job.step}/{job.sweep}/{job.split}/summary.json"
+
+
+def eval_jobs():
+    return list(plan.evaluation_jobs(STUDY))
+
+
+def evaluation_targets():
+    return [eval_summary(job) for job in eval_jobs()]
+
+
+def summarize_inputs(wildcards):
+    return {
+        "evals": evaluation_targets(),
+        "first_stage": first_stage_targets(),
+        "train": [
+            f"{RESULTS}/train/{m.name}/{a.name}"
+            for m in STUDY.models.values()
+            for a in m.training.adapters
+        ],
+        "bases": [f"{RESULTS}/models/{m}/base" for m in STUDY.models],
+    }
+
+
+def summarize_jobs(wildcards):
+    """The evaluation jobs (aligned with input.evals) with their run fields."""
+    jobs = []
+    for job in eval_jobs():
+        adapter = plan.adapter_of(STUDY.models[job.model], job.adapter)
+        jobs.append(
+            {
+                "model": job.model,
+                "adapter": job.adapter,
+                "rank": adapter.rank,
+                "targets": adapter.targets_name,
+                "step": job.step,
+                "sweep": job.sweep,
+                "split": job.split,
+            }
+        )
+    return jobs
+
+
+def summarize_params(wildcards):
+    cfg = slices.summarize(STUDY)
+    cfg["checkpoints_sweep"] = plan.CHECKPOINTS
+    cfg["study"] = {
+        "study": STUDY.name,
+        "config_hash": STUDY.hash,
+        "models": {
+            m.name: {"label": m.label, "mechanics_only": m.mechanics_only}
+            for m in STUDY.models.values()
+        },
+        "splits": {
+            s.name: {"dataset": s.dataset, "depth": s.depth, "queries": s.queries}
+            for s in STUDY.splits.values()
+        },
+    }
+    return cfg
+
+
+def report_params(wildcards):
+    return slices.report(STUDY)
+
+
+REPORT_FILES = ("report.md", "report.tex", "report.html")

@@ -1,0 +1,194 @@
+"""The ``summarize`` stage: every evaluation of a study gathered into the summary tables the
+report reads (``evaluations``, ``convergence``, ``training_log`` and ``study.json``).
+
+Inputs are found from the study's plan, not by globbing, so a stale file of an older config
+never leaks into a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lorascope import provenance
+from lorascope.contracts import CONVERGENCE, EVALUATIONS, TRAINING_LOG, write_table
+
+log = logging.getLogger(__name__)
+
+FIRST_STAGE = "first_stage"
+
+
+def _columns(rows: list[dict[str, Any]], names: Iterable[str]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """EVALUATIONS rows of one evaluate job's summary.json."""
+    rows = []
+    for name, result in summary["ablations"].items():
+        for measure, value in result["metrics"].items():
+            rows.append(
+                {
+                    **job,
+                    "ablation": name,
+                    "measure": measure,
+                    "value": value,
+                    "delta": result["delta"][measure],
+                    "p_value": result["p_value"][measure],
+                    "p_adjusted": result["p_adjusted"][measure],
+                    "significant": bool(result["significant"][measure]),
+                    "queries": result["queries"],
+                }
+            )
+    return rows
+
+
+def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": "",
+            "adapter": "",
+            "rank": 0,
+            "targets": "",
+            "step": 0,
+            "sweep": FIRST_STAGE,
+            "split": split,
+            "ablation": FIRST_STAGE,
+            "measure": measure,
+            "value": value,
+            "delta": None,
+            "p_value": None,
+            "p_adjusted": None,
+            "significant": False,
+            "queries": summary["queries"],
+        }
+        for measure, value in summary["metrics"].items()
+    ]
+
+
+def convergence_rows(
+    evaluations: list[dict[str, Any]], rule: Mapping[str, Any], checkpoints_sweep: str
+) -> list[dict[str, Any]]:
+    """Table 2's rule per run, on the checkpoint curves of the rule's split and measure."""
+    from lorascope.stats import convergence_step
+
+    curves: dict[tuple[str, str], dict[int, float]] = {}
+    meta: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in evaluations:
+        if (
+            row["sweep"] == checkpoints_sweep
+            and row["ablation"] == "full"
+            and row["split"] == rule["split"]
+            and row["measure"] == rule["measure"]
+        ):
+            key = (row["model"], row["adapter"])
+            curves.setdefault(key, {})[row["step"]] = row["value"]
+            meta[key] = {"rank": row["rank"], "targets": row["targets"]}
+    out = []
+    for (model, adapter), curve in sorted(curves.items()):
+        step = convergence_step(curve, rule["epsilon"])
+        best = max(curve, key=lambda s: (curve[s], -s))
+        out.append(
+            {
+                "model": model,
+                "adapter": adapter,
+                **meta[(model, adapter)],
+                "split": rule["split"],
+                "measure": rule["measure"],
+                "epsilon": float(rule["epsilon"]),
+                "convergence_step": step,
+                "best_step": best,
+                "value_at_convergence": curve[step],
+                "best_value": curve[best],
+            }
+        )
+    return out
+
+
+def training_rows(model: str, adapter: str, train_log: Path) -> list[dict[str, Any]]:
+    with open(train_log, newline="") as handle:
+        return [
+            {
+                "model": model,
+                "adapter": adapter,
+                "step": int(row["step"]),
+                "loss": float(row["loss"]),
+                "lr": float(row["lr"]),
+            }
+            for row in csv.DictReader(handle)
+        ]
+
+
+def wall_times(root: str | Path) -> dict[str, float]:
+    """Seconds per rule, summed over the Snakemake ``benchmark:`` files under ``root``
+    (``<rule>.tsv`` or ``<rule>/.../*.tsv``)."""
+    root = Path(root)
+    totals: dict[str, float] = {}
+    for path in sorted(root.rglob("*.tsv")):
+        rel = path.relative_to(root)
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows:
+            totals[rule] = totals.get(rule, 0.0) + float(rows[-1]["s"])
+    return {k: round(v, 1) for k, v in sorted(totals.items())}
+
+
+def summarize(
+    params: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    out_dir: str | Path,
+) -> None:
+    """Write the study summary.
+
+    ``inputs``: ``evaluations`` (list of {job fields..., "summary": path}), ``first_stage``
+    ({split: summary path}), ``training`` (list of {model, adapter, "log": path}),
+    ``benchmarks`` (root folder of the benchmark files), ``models`` ({name: base dir}).
+    """
+    out = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    for split, path in inputs["first_stage"].items():
+        rows += first_stage_rows(split, json.loads(Path(path).read_text()))
+    for job in inputs["evaluations"]:
+        fields = {k: job[k] for k in ("model", "adapter", "rank", "targets", "step", "sweep", "split")}
+        rows += evaluation_rows(fields, json.loads(Path(job["summary"]).read_text()))
+    record = provenance.record("summarize", params)
+    write_table(out / "evaluations.parquet", _columns(rows, EVALUATIONS.columns), EVALUATIONS, record)
+    conv = convergence_rows(rows, params["convergence"], params["checkpoints_sweep"])
+    write_table(out / "convergence.parquet", _columns(conv, CONVERGENCE.columns), CONVERGENCE, record)
+    train_rows: list[dict[str, Any]] = []
+    for run in inputs["training"]:
+        train_rows += training_rows(run["model"], run["adapter"], Path(run["log"]))
+    write_table(
+        out / "training_log.parquet", _columns(train_rows, TRAINING_LOG.columns), TRAINING_LOG, record
+    )
+    study = {
+        **params["study"],
+        "models": _models(params["study"]["models"], inputs["models"]),
+        "provenance": record,
+        "wall_times": wall_times(inputs["benchmarks"]),
+        "inputs": {name: str(out / f"{name}.parquet") for name in ("evaluations", "convergence", "training_log")},
+    }
+    provenance.write_json(out / "study.json", study)
+    log.info("summary: %d evaluation rows, %d runs", len(rows), len(conv))
+
+
+def _models(models: Mapping[str, Any], base_dirs: Mapping[str, str]) -> dict[str, Any]:
+    from lorascope.models.base import read_manifest
+
+    out = {}
+    for name, info in models.items():
+        manifest = read_manifest(base_dirs[name]) or {}
+        roles = manifest.get("roles", {})
+        out[name] = {
+            **info,
+            "model_type": manifest.get("model_type"),
+            "num_layers": manifest.get("num_layers"),
+            "roles": [*roles.get("attn", []), *roles.get("mlp", [])],
+            "parameters": manifest.get("parameters"),
+        }
+    return out
