@@ -1,0 +1,167 @@
+"""The report's inputs: the study summary tables, study.json and the reference values.
+
+Every input is optional: a study that did not ask for a stage has no rows (or no file) for it,
+and the report leaves the parts that need them out with a note. Files that exist are read
+through their contract, so a malformed summary fails loudly with the file named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lorascope import contracts
+
+SUMMARY_FILES = {
+    "evaluations": ("evaluations.parquet", contracts.EVALUATIONS),
+    "convergence": ("convergence.parquet", contracts.CONVERGENCE),
+    "training_log": ("training_log.parquet", contracts.TRAINING_LOG),
+}
+STUDY_FILE = "study.json"
+FIRST_STAGE = "first_stage"
+FULL = "full"
+
+
+def _empty(contract: contracts.Contract) -> pd.DataFrame:
+    return contract.schema.empty_table().to_pandas()
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report reads, already loaded."""
+
+    summary_dir: Path
+    evaluations: pd.DataFrame
+    convergence: pd.DataFrame
+    training_log: pd.DataFrame
+    study: dict[str, Any]
+    files: dict[str, Path | None] = field(default_factory=dict)
+
+    # ---- study.json accessors -----------------------------------------------------------
+
+    def model_info(self, model: str) -> dict[str, Any]:
+        return dict((self.study.get("models") or {}).get(model) or {})
+
+    def model_label(self, model: str) -> str:
+        return str(self.model_info(model).get("label") or model)
+
+    def mechanics_only(self, model: str) -> bool:
+        return bool(self.model_info(model).get("mechanics_only", False))
+
+    def num_layers(self, model: str) -> int | None:
+        n = self.model_info(model).get("num_layers")
+        return int(n) if n is not None else None
+
+    def roles(self, model: str) -> list[str]:
+        return [str(r) for r in self.model_info(model).get("roles") or []]
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        return dict((self.study.get("splits") or {}).get(split) or {})
+
+    def sweep_ablations(self, sweep: str, model: str) -> dict[str, list[tuple[int, str]]] | None:
+        """The (layer, role) modules each ablation of ``sweep`` zeroes for ``model``."""
+        per_model = (self.study.get("sweeps") or {}).get(sweep)
+        if per_model is None or model not in per_model:
+            return None
+        return {
+            name: [(int(layer), str(role)) for layer, role in (zeroed or [])]
+            for name, zeroed in (per_model[model] or {}).items()
+        }
+
+    def has_sweep(self, sweep: str) -> bool:
+        if sweep in (self.study.get("sweeps") or {}):
+            return True
+        return bool((self.evaluations["sweep"] == sweep).any())
+
+    def source_path(self, name: str) -> str:
+        """How the provenance block names one summary input."""
+        recorded = (self.study.get("inputs") or {}).get(name)
+        if recorded:
+            return str(recorded)
+        found = self.files.get(name)
+        return str(found) if found is not None else SUMMARY_FILES.get(name, (name,))[0]
+
+    # ---- evaluations helpers --------------------------------------------------------------
+
+    def first_stage(self, split: str, measure: str) -> float | None:
+        ev = self.evaluations
+        rows = ev[
+            (ev["sweep"] == FIRST_STAGE) & (ev["split"] == split) & (ev["measure"] == measure)
+        ]
+        if rows.empty or pd.isna(rows["value"].iloc[0]):
+            return None
+        return float(rows["value"].iloc[0])
+
+    def split_queries(self, split: str) -> int | None:
+        ev = self.evaluations
+        rows = ev[(ev["split"] == split) & ev["queries"].notna()]
+        if rows.empty:
+            q = self.split_info(split).get("queries")
+            return int(q) if q is not None else None
+        return int(rows["queries"].max())
+
+
+def load_inputs(summary_dir: str | Path) -> ReportInputs:
+    """Read the summary tables and study.json from ``summary_dir`` (missing ones are empty)."""
+    summary_dir = Path(summary_dir)
+    frames: dict[str, pd.DataFrame] = {}
+    files: dict[str, Path | None] = {}
+    for key, (filename, contract) in SUMMARY_FILES.items():
+        path = summary_dir / filename
+        if path.is_file():
+            frame = contracts.read_table(path, contract).to_pandas()
+            files[key] = path
+        else:
+            frame = _empty(contract)
+            files[key] = None
+        frames[key] = frame
+    study_path = summary_dir / STUDY_FILE
+    study: dict[str, Any] = {}
+    if study_path.is_file():
+        study = json.loads(study_path.read_text())
+        files["study"] = study_path
+    else:
+        files["study"] = None
+    ev = frames["evaluations"]
+    ev["significant"] = ev["significant"].fillna(False).astype(bool)
+    for col in ("model", "adapter", "targets", "sweep", "split", "ablation", "measure"):
+        ev[col] = ev[col].fillna("")
+    return ReportInputs(
+        summary_dir=summary_dir,
+        evaluations=ev,
+        convergence=frames["convergence"],
+        training_log=frames["training_log"],
+        study=study,
+        files=files,
+    )
+
+
+# ------------------------------------------------------------------------ reference values
+
+
+def load_reference(name: str | None) -> dict[str, Any] | None:
+    """The published values shipped as ``lorascope/reference/<name>.yaml`` (None: none)."""
+    if not name:
+        return None
+    import yaml
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"reference {name!r} is not a reference name")
+    text = resources.files("lorascope").joinpath("reference", f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def reference_applies(reference: dict[str, Any] | None, split: str, inputs: ReportInputs) -> bool:
+    """Whether the reference values (one test collection) are the ones of ``split``."""
+    if not reference:
+        return False
+    if split == reference.get("split"):
+        return True
+    dataset = inputs.split_info(split).get("dataset")
+    return dataset is not None and dataset in (reference.get("datasets") or [])

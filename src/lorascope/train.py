@@ -1,0 +1,538 @@
+"""LoRA reranker training (the ``train_lora`` stage).
+
+Tevatron's "RankLLaMA from scratch" recipe (RECIPE.md) on a prepared base directory: a
+one-output sequence classifier, LoRA on the requested roles, the score head (and BERT's
+pooler) trained in full, softmax cross-entropy over each group with the positive at index 0,
+no in-batch negatives. Adapters are saved at exactly the configured steps as
+``out_dir/step-{step}/`` (peft format), the loss log as ``out_dir/train_log.csv``.
+
+Runs are deterministic (same settings and hardware, same adapters bit for bit) and resumable:
+``out_dir/state/`` is updated at every checkpoint, and a run started again over an interrupted
+one continues from there and ends with exactly the adapters an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from lorascope import roles, train_state
+from lorascope.train_data import Group, GroupOrder, load_groups
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.csv"
+LOG_COLUMNS = ("step", "loss", "lr", "pairs_per_s", "elapsed_s")
+SUMMARY_FILE = "training.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One LoRA reranker training run.
+
+    Attributes:
+        rank: LoRA rank r.
+        steps: checkpoint steps, strictly increasing; the last is the run's length.
+        targets: LoRA target roles: ``"all"``, ``"attn"``, ``"mlp"`` or role names.
+        alpha: LoRA alpha (scale alpha / r, or alpha / sqrt(r) with rsLoRA).
+        dropout: LoRA dropout.
+        use_rslora: rank-stabilised scaling.
+        use_dora: weight-decomposed LoRA.
+        lr: peak learning rate (AdamW).
+        schedule: ``constant`` or ``linear`` decay to 0.
+        decay_steps: horizon of the linear decay (``None`` = the last checkpoint step).
+        warmup_steps: linear warmup steps (Hugging Face convention: lr 0 at step 0).
+        queries_per_step: groups per optimizer step.
+        micro_batch_queries: groups per forward/backward pass (gradient accumulation =
+            ``queries_per_step / micro_batch_queries``).
+        group_size: passages per group (positive + first ``group_size - 1`` negatives);
+            ``None`` = all the data has.
+        max_length: tokens per (query, passage) input.
+        seed: seeds the head and LoRA initialisation, dropout and the data order.
+        precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on CUDA, else fp32).
+        gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on CUDA only).
+        quantize_4bit: 4-bit NF4 base weights (QLoRA; CUDA only).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm (``None`` = none; Hugging Face's default 1.0).
+        device: ``auto`` (``cuda:0`` when CUDA is visible, else CPU), or a torch device.
+    """
+
+    rank: int
+    steps: tuple[int, ...]
+    targets: str | tuple[str, ...] = "all"
+    alpha: float = 64.0
+    dropout: float = 0.1
+    use_rslora: bool = False
+    use_dora: bool = False
+    lr: float = 1e-4
+    schedule: Literal["constant", "linear"] = "constant"
+    decay_steps: int | None = None
+    warmup_steps: int = 0
+    queries_per_step: int = 64
+    micro_batch_queries: int = 16
+    group_size: int | None = None
+    max_length: int = 196
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    quantize_4bit: bool = False
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        steps = tuple(self.steps)
+        if not steps or steps[0] < 1 or any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"checkpoint steps must be positive and strictly increasing: {steps}")
+        if self.queries_per_step % self.micro_batch_queries:
+            raise ValueError(
+                f"queries_per_step {self.queries_per_step} is not a multiple of "
+                f"micro_batch_queries {self.micro_batch_queries}"
+            )
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.decay_steps is not None and self.decay_steps < steps[-1]:
+            raise ValueError(f"decay_steps {self.decay_steps} ends before step {steps[-1]}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        if self.group_size is not None and self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2, got {self.group_size}")
+        # Normalise list inputs (from YAML/JSON) so settings compare and hash stably.
+        object.__setattr__(self, "steps", steps)
+        if not isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the settings resolve to on this machine."""
+
+    device: str
+    bf16: bool
+    gradient_checkpointing: bool
+
+
+def resolve_runtime(settings: TrainSettings) -> Runtime:
+    """Device, precision and gradient checkpointing for this machine."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
+    ckpt = settings.gradient_checkpointing
+    return Runtime(device, bf16, cuda if ckpt == "auto" else bool(ckpt))
+
+
+def train(
+    base_dir: str | Path,
+    train_groups_path: str | Path,
+    settings: TrainSettings,
+    out_dir: str | Path,
+    progress: bool = True,
+    *,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA reranker and save adapters at the configured steps.
+
+    Args:
+        base_dir: a prepared base model directory.
+        train_groups_path: a ``train_groups`` Parquet table.
+        settings: the run.
+        out_dir: receives ``step-{N}/``, ``train_log.csv``, ``state/`` and ``training.json``.
+        progress: show a tqdm bar.
+        stop_after: stop once this step is done (for tests and time-boxed jobs); the run
+            resumes from its last checkpoint when started again.
+
+    Returns:
+        A summary: steps done, whether the run is complete, last loss, elapsed seconds.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime = resolve_runtime(settings)
+    groups = load_groups(train_groups_path, settings.group_size)
+    group_size = len(groups[0].passages)
+    saved = train_state.state_dir(out_dir)
+    resumed = train_state.load_progress(saved) if saved is not None else None
+    if resumed is not None and resumed.settings != settings.to_dict():
+        raise ValueError(
+            f"{out_dir} holds the state of a run with other settings; remove {out_dir} "
+            "or train into another directory"
+        )
+    if resumed is not None and resumed.step >= settings.total_steps:
+        log.info("%s: training already complete (%d steps)", out_dir, resumed.step)
+        summary = _summary(resumed.step, settings, resumed.log_rows, resumed.elapsed_s)
+        if not (out_dir / SUMMARY_FILE).is_file():
+            _write_json(
+                out_dir / SUMMARY_FILE,
+                _provenance(base_dir, train_groups_path, settings, runtime, summary),
+            )
+        return summary
+    _remove_partial_writes(out_dir)
+
+    with _deterministic(runtime.device):
+        _seed_everything(settings.seed)
+        model, tokenizer, arch = _build_model(base_dir, settings, runtime)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW(
+            list(trainable.values()), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        scheduler = _scheduler(optimizer, settings)
+        step, position, elapsed, rows = 0, 0, 0.0, []
+        if resumed is not None and saved is not None:
+            train_state.restore_state(saved, trainable, optimizer, scheduler)
+            step, position, elapsed = resumed.step, resumed.position, resumed.elapsed_s
+            rows = list(resumed.log_rows)
+            log.info("resuming %s from step %d", out_dir, step)
+        loop = _Loop(model, tokenizer, arch, settings, runtime, groups, group_size)
+        order = GroupOrder(len(groups), settings.seed)
+        checkpoints = set(settings.steps)
+        bar = _progress_bar(settings.total_steps, step, progress)
+        with bar:
+            while step < settings.total_steps:
+                started = time.perf_counter()
+                indices = order.take(position, settings.queries_per_step)
+                lr = scheduler.get_last_lr()[0]
+                loss = loop.step(indices, optimizer)
+                scheduler.step()
+                step += 1
+                position += settings.queries_per_step
+                seconds = time.perf_counter() - started
+                elapsed += seconds
+                pairs_per_s = settings.queries_per_step * group_size / seconds
+                rows.append(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "pairs_per_s": round(pairs_per_s, 2),
+                        "elapsed_s": round(elapsed, 3),
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{pairs_per_s:.0f}")
+                if step in checkpoints:
+                    _save_checkpoint(model, out_dir, step, settings, base_dir)
+                    _write_log(out_dir, rows)
+                    train_state.save_state(
+                        out_dir,
+                        train_state.Progress(
+                            step, position, elapsed, tuple(rows), settings.to_dict()
+                        ),
+                        trainable,
+                        optimizer,
+                        scheduler,
+                    )
+                if stop_after is not None and step >= stop_after:
+                    break
+    summary = _summary(step, settings, rows, elapsed)
+    if summary["complete"]:
+        _write_json(
+            out_dir / SUMMARY_FILE,
+            _provenance(base_dir, train_groups_path, settings, runtime, summary),
+        )
+    log.info(
+        "trained %d/%d steps in %.1fs (last loss %.4f)",
+        step,
+        settings.total_steps,
+        elapsed,
+        summary["last_loss"] or float("nan"),
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _build_model(
+    base_dir: str | Path, settings: TrainSettings, runtime: Runtime
+) -> tuple[PeftModel, Any, roles.ArchitectureRoles]:
+    """The base reranker with LoRA on the target roles; head (and pooler) fully trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    from lorascope.models.reranker import load_reranker
+
+    model, tokenizer, arch = load_reranker(
+        base_dir, device=runtime.device, quantize_4bit=settings.quantize_4bit
+    )
+    target_roles = roles.resolve_targets(arch, settings.targets)
+    modules = roles.target_modules(arch, target_roles, num_layers=roles.num_layers(model.config))
+    if settings.quantize_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=runtime.gradient_checkpointing
+        )
+    elif runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=modules,
+        modules_to_save=list(arch.head_modules),
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+    )
+    peft_model = get_peft_model(model, config)
+    _check_lora_modules(peft_model, arch, modules)
+    # peft rewrites a long target list into minimal suffixes (BERT's "output.dense" then also
+    # names attention.output.dense's tail); keep the full names in the saved adapter_config so
+    # that downstream stages read (layer, role) pairs from it without ambiguity.
+    peft_model.peft_config["default"].target_modules = sorted(modules)
+    peft_model.train()
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    log.info(
+        "LoRA r=%d on %s (%d modules): %d trainable parameters",
+        settings.rank,
+        ",".join(target_roles),
+        len(modules),
+        n_train,
+    )
+    return peft_model, tokenizer, arch
+
+
+def _check_lora_modules(model: Any, arch: roles.ArchitectureRoles, modules: list[str]) -> None:
+    """Fail loudly unless LoRA wraps exactly the requested modules."""
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = {
+        roles.parse_module_name(arch, name)
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    wanted = {roles.parse_module_name(arch, name) for name in modules}
+    if wrapped != wanted:
+        raise RuntimeError(
+            f"LoRA wrapped {sorted(map(str, wrapped))}, expected {sorted(map(str, wanted))}"
+        )
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> Any:
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    if settings.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, settings.warmup_steps)
+    horizon = settings.decay_steps or settings.total_steps
+    return get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, horizon)
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """One optimizer step: micro-batches of groups, accumulated gradients."""
+
+    model: Any
+    tokenizer: Any
+    arch: roles.ArchitectureRoles
+    settings: TrainSettings
+    runtime: Runtime
+    groups: Sequence[Group]
+    group_size: int
+
+    def step(self, indices: Sequence[int], optimizer: torch.optim.Optimizer) -> float:
+        import torch
+        import torch.nn.functional as F
+
+        from lorascope.models.reranker import encode_pairs, score_logits
+
+        settings, total = self.settings, len(indices)
+        device_type = self.runtime.device.split(":")[0]
+        loss_sum = 0.0
+        for start in range(0, total, settings.micro_batch_queries):
+            chunk = [self.groups[i] for i in indices[start : start + settings.micro_batch_queries]]
+            queries = [g.query for g in chunk for _ in g.passages]
+            passages = [p for g in chunk for p in g.passages]
+            batch = encode_pairs(self.tokenizer, self.arch, queries, passages, settings.max_length)
+            batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.runtime.bf16):
+                logits = self.model(**batch).logits
+            scores = score_logits(logits).float().view(len(chunk), self.group_size)
+            target = torch.zeros(len(chunk), dtype=torch.long, device=scores.device)
+            loss = F.cross_entropy(scores, target, reduction="sum") / total
+            loss.backward()
+            loss_sum += loss.item()
+        if settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], settings.max_grad_norm
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@contextlib.contextmanager
+def _deterministic(device: str) -> Iterator[None]:
+    """Deterministic torch kernels for the duration of training (restored afterwards)."""
+    import torch
+
+    if device.startswith("cuda"):
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled)
+
+
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    """Where the adapter of ``step`` is saved."""
+    return Path(out_dir) / f"step-{step}"
+
+
+def _save_checkpoint(
+    model: PeftModel, out_dir: Path, step: int, settings: TrainSettings, base_dir: str | Path
+) -> None:
+    final = checkpoint_dir(out_dir, step)
+    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    _write_json(
+        tmp / "checkpoint.json",
+        {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict()},
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _remove_partial_writes(out_dir: Path) -> None:
+    """Temporary checkpoint/state directories left by a run killed while writing them."""
+    for path in out_dir.glob(".*.tmp-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _write_log(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out_dir / LOG_FILE, buffer.getvalue())
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of ``train_log.csv`` with numeric values."""
+    with open(Path(out_dir) / LOG_FILE, newline="") as handle:
+        return [
+            {k: (int(v) if k == "step" else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def _summary(
+    step: int, settings: TrainSettings, rows: Sequence[dict[str, Any]], elapsed: float
+) -> dict[str, Any]:
+    return {
+        "steps_done": step,
+        "complete": step >= settings.total_steps,
+        "last_loss": rows[-1]["loss"] if rows else None,
+        "first_loss": rows[0]["loss"] if rows else None,
+        "elapsed_s": round(elapsed, 3),
+        "checkpoints": [s for s in settings.steps if s <= step],
+    }
+
+
+def _provenance(
+    base_dir: str | Path,
+    groups_path: str | Path,
+    settings: TrainSettings,
+    runtime: Runtime,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    import importlib.metadata
+
+    from lorascope.models.base import read_manifest
+
+    base = read_manifest(base_dir) or {}
+    versions = {}
+    for lib in ("torch", "transformers", "peft", "lorascope"):
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "settings": settings.to_dict(),
+        "runtime": dataclasses.asdict(runtime),
+        "base_dir": str(base_dir),
+        "base_source": base.get("source"),
+        "base_weights_sha256": base.get("weights_sha256"),
+        "train_groups": str(groups_path),
+        "train_groups_sha256": _sha256(Path(groups_path)),
+        "summary": summary,
+        "versions": versions,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
