@@ -59,6 +59,12 @@ def _loss_at(train_dir: Path, step: int) -> float | None:
     return None
 
 
+def _probe(checkpoint: Path) -> dict[str, Any] | None:
+    """Scores of a fixed training group recorded when the checkpoint was saved."""
+    path = checkpoint / "checkpoint.json"
+    return json.loads(path.read_text()).get("probe") if path.is_file() else None
+
+
 def extract(
     params: Mapping[str, Any], train_dir: str | Path, base_dir: str | Path, out_dir: str | Path
 ) -> dict[str, Any]:
@@ -86,6 +92,7 @@ def extract(
             },
             "step": step,
             "train_loss": _loss_at(train_dir, step),
+            "probe": _probe(source),
             **provenance.record("extract_adapter", params),
         }
         provenance.write_json(tmp / MANIFEST, manifest)

@@ -241,7 +241,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{pairs_per_s:.0f}")
                 if step in checkpoints:
-                    _save_checkpoint(model, out_dir, step, settings, base_dir)
+                    probe = loop.probe_scores()
+                    _save_checkpoint(model, out_dir, step, settings, base_dir, probe)
                     _write_log(out_dir, rows)
                     train_state.save_state(
                         out_dir,
@@ -357,6 +358,32 @@ class _Loop:
     groups: Sequence[Group]
     group_size: int
 
+    def probe_scores(self) -> dict[str, Any]:
+        """Eval-mode scores of the first training group at this point of training.
+
+        Stored with every checkpoint so that an extracted adapter can be shown to reproduce
+        the scores it had at training time. Eval mode draws no random numbers, so this does
+        not disturb the run's RNG stream (determinism and resume are unaffected).
+        """
+        import torch
+
+        from lorascope.models.reranker import encode_pairs, score_logits
+
+        group = self.groups[0]
+        batch = encode_pairs(
+            self.tokenizer, self.arch, [group.query] * len(group.passages), list(group.passages),
+            self.settings.max_length,
+        )
+        batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                scores = score_logits(self.model(**batch).logits).float().tolist()
+        finally:
+            self.model.train(was_training)
+        return {"query": group.query, "passages": list(group.passages), "scores": scores}
+
     def step(self, indices: Sequence[int], optimizer: torch.optim.Optimizer) -> float:
         import torch
         import torch.nn.functional as F
@@ -435,7 +462,12 @@ def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
 
 
 def _save_checkpoint(
-    model: PeftModel, out_dir: Path, step: int, settings: TrainSettings, base_dir: str | Path
+    model: PeftModel,
+    out_dir: Path,
+    step: int,
+    settings: TrainSettings,
+    base_dir: str | Path,
+    probe: dict[str, Any],
 ) -> None:
     final = checkpoint_dir(out_dir, step)
     tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
@@ -443,7 +475,7 @@ def _save_checkpoint(
     model.save_pretrained(tmp)
     _write_json(
         tmp / "checkpoint.json",
-        {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict()},
+        {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(), "probe": probe},
     )
     if final.exists():
         shutil.rmtree(final)
