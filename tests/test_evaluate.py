@@ -1,0 +1,197 @@
+"""The evaluate stage end to end: a tiny adapter on disk, a tiny split, three outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
+    build_adapter,
+    build_base,
+    load_adapted,
+    one_thread,
+    toy_pairs,
+)
+
+from lorascope import metrics
+from lorascope.ablation import resolve_sweep
+from lorascope.contracts import METRICS, SCORES, read_provenance, read_table
+from lorascope.data.common import write_split
+from lorascope.roles import roles_for
+
+MEASURES = ["nDCG@10", "RR(rel=2)", "AP(rel=2)"]
+SWEEP = {"ablations": {"no_lora": {"drop": "all"},
+                       "mlp_only": {"keep": {"component": "mlp"}},
+                       "mha_only": {"keep": {"component": "attn"}}},
+         "generate": "each_layer"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evaluate")
+    base = build_base(root / "base", "llama", layers=2)
+    adapter = build_adapter(base, root / "adapter")
+    queries, candidates = toy_pairs(n_queries=5, per_query=8, seed=4)
+    rng = random.Random(0)
+    write_split(
+        root / "split",
+        [{"qid": q, "query": t} for q, t in queries.items()],
+        [{"qid": q, "docid": d, "rank": i % 8 + 1, "first_stage_score": 10.0 - i % 8, "text": t}
+         for i, (q, d, t) in enumerate(candidates)],
+        [{"qid": q, "docid": d, "relevance": rng.choice([0, 0, 1, 2, 3])}
+         for q, d, _ in candidates],
+        {"test": True},
+    )
+    ablations = resolve_sweep("components", SWEEP, num_layers=2,
+                              arch_roles=roles_for("llama").roles)
+    params = {
+        "ablations": [a.to_params() for a in ablations],
+        "metrics": MEASURES,
+        "significance": {"test": "wilcoxon", "correction": "holm", "alpha": 0.05},
+        "scoring": {"batch_tokens": 256, "max_length": 64},
+        "model": "tiny", "adapter": "r4-all", "step": 10, "sweep": "components", "split": "toy",
+    }
+    return {"root": root, "base": base, "adapter": adapter, "split": root / "split",
+            "params": params, "names": [a.name for a in ablations],
+            "queries": queries, "candidates": candidates}
+
+
+def outputs(root: Path, tag: str) -> tuple[Path, Path, Path]:
+    return (root / tag / "scores.parquet", root / tag / "metrics.parquet",
+            root / tag / "summary.json")
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup) -> dict:
+    from lorascope.evaluate import main
+
+    scores, metrics_path, summary = outputs(setup["root"], "out")
+    code = main(["--params", json.dumps(setup["params"]), "--base-dir", str(setup["base"]),
+                 "--adapter-dir", str(setup["adapter"]), "--split-dir", str(setup["split"]),
+                 "--scores", str(scores), "--metrics", str(metrics_path),
+                 "--summary", str(summary), "--no-progress"])
+    assert code == 0
+    return {"scores": read_table(scores, SCORES).to_pylist(),
+            "metrics": read_table(metrics_path, METRICS).to_pylist(),
+            "summary": json.loads(summary.read_text()), "scores_path": scores}
+
+
+def test_scores_table(setup, evaluated) -> None:
+    """One row per ablation and candidate; full equals an independent scoring, bitwise."""
+    from lorascope.scoring import PreparedPairs
+
+    rows = evaluated["scores"]
+    names, candidates = setup["names"], setup["candidates"]
+    assert names[:4] == ["full", "no_lora", "mlp_only", "mha_only"] and len(names) == 6
+    assert len(rows) == len(names) * len(candidates)
+    by_ablation: dict[str, dict] = {}
+    for row in rows:
+        by_ablation.setdefault(row["ablation"], {})[(row["qid"], row["docid"])] = row["score"]
+    assert list(by_ablation) == names
+    keys = {(q, d) for q, d, _ in candidates}
+    assert all(set(s) == keys for s in by_ablation.values())
+
+    model, tokenizer, arch = load_adapted(setup["base"], setup["adapter"])
+    prepared = PreparedPairs.build(tokenizer, arch, setup["queries"], candidates,
+                                   max_length=64, batch_tokens=256)
+    assert by_ablation["full"] == prepared.score(model, progress=False)
+    for name in names[1:]:
+        diff = max(abs(by_ablation[name][k] - by_ablation["full"][k]) for k in keys)
+        assert diff > 1e-3, name
+    assert read_provenance(evaluated["scores_path"])["stage"] == "evaluate"
+
+
+def test_metrics_table(setup, evaluated) -> None:
+    rows = evaluated["metrics"]
+    assert len(rows) == len(setup["names"]) * len(setup["queries"]) * len(MEASURES)
+    from lorascope.contracts import QRELS
+    from lorascope.data.common import split_paths
+
+    qrels = read_table(split_paths(setup["split"])["qrels"], QRELS)
+    full_run = [(r["qid"], r["docid"], r["score"]) for r in evaluated["scores"]
+                if r["ablation"] == "full"]
+    expected = metrics.per_query(qrels, full_run, MEASURES)
+    got = {m: {r["qid"]: r["value"] for r in rows
+               if r["ablation"] == "full" and r["measure"] == m} for m in MEASURES}
+    assert got == expected
+
+
+def test_summary(setup, evaluated) -> None:
+    summary = evaluated["summary"]
+    assert {k: summary[k] for k in ("model", "adapter", "step", "sweep", "split")} == {
+        "model": "tiny", "adapter": "r4-all", "step": 10, "sweep": "components", "split": "toy"}
+    assert summary["reference"] == "full" and summary["measures"] == MEASURES
+    assert summary["significance"]["correction"] == "holm"
+    assert summary["ablation_order"] == setup["names"]
+    assert set(summary["ablations"]) == set(setup["names"])
+    full = summary["ablations"]["full"]
+    assert full["p_value"] == dict.fromkeys(MEASURES)
+    assert full["delta"] == dict.fromkeys(MEASURES, 0.0)
+    assert full["zeroed_modules"] == 0 and full["queries"] == len(setup["queries"])
+    no_lora = summary["ablations"]["no_lora"]
+    assert no_lora["zeroed_modules"] == 2 * 7
+    for m in MEASURES:
+        raw, adj = no_lora["p_value"][m], no_lora["p_adjusted"][m]
+        assert 0.0 <= raw <= adj <= 1.0
+        assert no_lora["significant"][m] == (adj < 0.05)
+        assert no_lora["delta"][m] == pytest.approx(no_lora["metrics"][m] - full["metrics"][m])
+    for entry in summary["ablations"].values():
+        assert 1.0 <= entry["padding_ratio"] <= 1.5
+        assert entry["seconds"] > 0 and entry["pairs"] == len(setup["candidates"])
+    assert summary["scoring"]["pairs"] == len(setup["candidates"])
+    assert summary["provenance"]["stage"] == "evaluate"
+    assert summary["provenance"]["params"] == setup["params"]
+
+
+def test_missing_module_fails_before_scoring(setup, tmp_path) -> None:
+    from lorascope.evaluate import evaluate
+    from lorascope.switching import SwitchingError
+
+    mlp_adapter = build_adapter(setup["base"], tmp_path / "mlp", targets="mlp")
+    params = {**setup["params"], "ablations": [{"name": "no_attn", "zeroed": [[0, "q"]]}]}
+    out = outputs(tmp_path, "x")
+    with pytest.raises(SwitchingError, match="ablation 'no_attn'.*no LoRA on layer 0 q"):
+        evaluate(params, setup["base"], mlp_adapter, setup["split"], *out, progress=False)
+    assert not any(p.exists() for p in out)
+
+
+def test_reproduction_failure_is_an_error(setup, tmp_path, monkeypatch) -> None:
+    """A switch that does not restore the adapter is caught by re-scoring full."""
+    from lorascope import switching
+    from lorascope.evaluate import ReproductionError, evaluate
+
+    @contextmanager
+    def leaky(model, arch, modules):
+        for key in modules:
+            switching.lora_modules(model, arch)[key].enable_adapters(False)
+        yield
+
+    monkeypatch.setattr(switching, "zeroed", leaky)
+    out = outputs(tmp_path, "x")
+    with pytest.raises(ReproductionError, match="re-scoring 'full' after the sweep changed"):
+        evaluate(setup["params"], setup["base"], setup["adapter"], setup["split"], *out,
+                 progress=False)
+    assert not any(p.exists() for p in out)
+
+
+def test_params_checks() -> None:
+    from lorascope.evaluate import EvalSettings
+
+    base = {"ablations": [{"name": "x", "zeroed": [[0, "q"]]}], "metrics": ["nDCG@10"]}
+    settings = EvalSettings.from_params(base)
+    assert [a.name for a in settings.ablations] == ["full", "x"]  # reference added
+    assert (settings.test, settings.correction, settings.alpha) == ("wilcoxon", "holm", 0.05)
+    with pytest.raises(ValueError, match="significance.test must be one of"):
+        EvalSettings.from_params({**base, "significance": {"test": "sign"}})
+    with pytest.raises(ValueError, match="duplicate ablation names"):
+        EvalSettings.from_params({**base, "ablations": base["ablations"] * 2})
+    with pytest.raises(ValueError, match="'full' must zero nothing"):
+        EvalSettings.from_params({**base, "ablations": [{"name": "full", "zeroed": [[0, "q"]]}]})
+    with pytest.raises(ValueError, match="unknown keys"):
+        EvalSettings.from_params({**base, "scoring": {"batch_size": 8}})
