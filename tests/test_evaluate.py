@@ -69,14 +69,11 @@ def outputs(root: Path, tag: str) -> tuple[Path, Path, Path]:
 
 @pytest.fixture(scope="module")
 def evaluated(setup) -> dict:
-    from lorascope.evaluate import main
+    from lorascope.evaluate import evaluate
 
     scores, metrics_path, summary = outputs(setup["root"], "out")
-    code = main(["--params", json.dumps(setup["params"]), "--base-dir", str(setup["base"]),
-                 "--adapter-dir", str(setup["adapter"]), "--split-dir", str(setup["split"]),
-                 "--scores", str(scores), "--metrics", str(metrics_path),
-                 "--summary", str(summary), "--no-progress"])
-    assert code == 0
+    evaluate(setup["params"], setup["base"], setup["adapter"], setup["split"], scores,
+             metrics_path, summary, progress=False)
     return {"scores": read_table(scores, SCORES).to_pylist(),
             "metrics": read_table(metrics_path, METRICS).to_pylist(),
             "summary": json.loads(summary.read_text()), "scores_path": scores}

@@ -26,8 +26,6 @@ Outputs:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -371,31 +369,3 @@ def _summary(
         "ablation_order": [a.name for a in settings.ablations],  # the JSON keys get sorted
         "provenance": dict(record),
     }
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lorascope.evaluate --params JSON --base-dir ... --adapter-dir ...``."""
-    parser = argparse.ArgumentParser(prog="python -m lorascope.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", required=True, help="the stage's params as a JSON object")
-    parser.add_argument("--base-dir", required=True)
-    parser.add_argument("--adapter-dir", required=True)
-    parser.add_argument("--split-dir", required=True)
-    parser.add_argument("--scores", required=True, help="scores Parquet to write")
-    parser.add_argument("--metrics", required=True, help="per-query metrics Parquet to write")
-    parser.add_argument("--summary", required=True, help="summary JSON to write")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    evaluate(json.loads(args.params), args.base_dir, args.adapter_dir, args.split_dir,
-             args.scores, args.metrics, args.summary, progress=not args.no_progress)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -136,11 +136,10 @@ def check_plan(study: Study) -> None:
                         sweep.name,
                         sweep.spec(),
                         num_layers=shape.num_layers,
-                        arch_roles=arch.roles,
+                        arch_roles=arch,
                         trained=trained,
                     )
                 except AblationError as err:
                     raise ConfigError(
-                        f"config key 'sweeps.{sweep.name}' (model {model.name}, adapter "
-                        f"{adapter}): {err}"
+                        f"config key {err} [model {model.name}, adapter {adapter}]"
                     ) from err

@@ -117,7 +117,7 @@ def evaluate(
         params["sweep"],
         params["sweep_spec"],
         num_layers=base["num_layers"],
-        arch_roles=arch.roles,
+        arch_roles=arch,
         trained=trained_modules(adapter_dir, arch),
     )
     resolved = {**params, "ablations": [a.to_params() for a in ablations]}

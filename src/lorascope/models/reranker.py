@@ -76,6 +76,9 @@ def load_reranker(
     arch = roles_for(config.model_type)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     fix_pad_token(tokenizer)
+    # Right padding everywhere: decoder position ids then do not depend on the other pairs
+    # of a batch, so training and scoring see each pair the same way.
+    tokenizer.padding_side = "right"
     kwargs: dict[str, Any] = {
         "num_labels": 1,
         "dtype": torch_dtype,
