@@ -13,6 +13,8 @@ SHARED_TREC_DL = REPO.parent / "shared" / "data" / "trec-dl"
 # Nothing in the suite may reach a network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Idle OpenMP threads sleep rather than spin (see lorascope.cli): tests share 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture
