@@ -10,6 +10,7 @@ rule extract_adapter:
         directory("results/{study}/adapters/{model}/{adapter}/step-{step}"),
     log:
         "results/{study}/logs/extract_adapter/{model}/{adapter}/step-{step}.log",
+    priority: 2
     conda:
         ENV
     threads: 1

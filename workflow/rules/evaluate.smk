@@ -20,7 +20,7 @@ rule evaluate:
         "results/{study}/benchmarks/evaluate/{model}/{adapter}/step-{step}/{sweep}/{split}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

@@ -11,9 +11,10 @@ rule prepare_base:
         "results/{study}/logs/prepare_base/{model}.log",
     benchmark:
         "results/{study}/benchmarks/prepare_base/{model}.tsv"
+    priority: 1
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         gpu=0,
         mem_mb=8000,

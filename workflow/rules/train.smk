@@ -12,6 +12,7 @@ rule train_lora:
         "results/{study}/logs/train_lora/{model}/{adapter}.log",
     benchmark:
         "results/{study}/benchmarks/train_lora/{model}/{adapter}.tsv"
+    priority: 2
     conda:
         ENV
     threads: 2
