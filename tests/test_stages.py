@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import adapters, stages
+from lorascope import adapters, fileio, stages
 from lorascope.adapters import AdapterMismatch
 from lorascope.data.prepare import prepare_train
 from lorascope.models.base import BaseModelSpec, prepare_base
@@ -59,7 +59,7 @@ def test_extracted_adapter_reproduces_training_scores(run, tmp_path):
     manifest = adapters.extract({**run["params"], "step": 2}, run["train"], run["base"], out)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
     for name, digest in manifest["files"].items():
-        assert adapters.sha256_file(out / name) == digest
+        assert fileio.sha256_file(out / name) == digest
     rows = (run["train"] / "train_log.csv").read_text().splitlines()
     assert manifest["train_loss"] == pytest.approx(float(rows[2].split(",")[1]))
     assert manifest["step"] == 2 and manifest["params"]["settings"]["rank"] == 4

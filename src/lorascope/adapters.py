@@ -10,16 +10,14 @@ config slice that produced it and the package versions.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import provenance
+from lorascope import fileio, provenance
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +27,6 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 class AdapterMismatch(ValueError):
     """An adapter is being loaded onto a base model other than the one it was trained on."""
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _base_manifest(base_dir: Path) -> dict[str, Any]:
@@ -76,14 +66,11 @@ def extract(
     if missing:
         raise FileNotFoundError(f"{source}: no checkpoint of step {step} (missing {', '.join(missing)})")
     base = _base_manifest(base_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with fileio.atomic_dir(out_dir) as tmp:
         for name in ADAPTER_FILES:
             shutil.copy2(source / name, tmp / name)
         manifest = {
-            "files": {name: sha256_file(tmp / name) for name in ADAPTER_FILES},
+            "files": {name: fileio.sha256_file(tmp / name) for name in ADAPTER_FILES},
             "base_model": {
                 "source": base.get("source"),
                 "revision": base.get("revision"),
@@ -95,13 +82,7 @@ def extract(
             "probe": _probe(source),
             **provenance.record("extract_adapter", params),
         }
-        provenance.write_json(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fileio.write_json(tmp / MANIFEST, manifest)
     log.info("extracted step %d of %s into %s", step, train_dir, out_dir)
     return manifest
 
@@ -121,7 +102,7 @@ def verify(adapter_dir: str | Path, base_dir: str | Path) -> dict[str, Any]:
     """
     manifest = read_manifest(adapter_dir)
     for name, digest in manifest["files"].items():
-        if sha256_file(Path(adapter_dir) / name) != digest:
+        if fileio.sha256_file(Path(adapter_dir) / name) != digest:
             raise AdapterMismatch(f"{adapter_dir}/{name} changed since extraction (sha256 differs)")
     base = _base_manifest(Path(base_dir))
     want = manifest["base_model"]

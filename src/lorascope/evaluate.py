@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorascope import metrics, provenance, stats
+from lorascope import fileio, metrics, provenance, stats
 from lorascope.ablation import FULL, Ablation
 from lorascope.contracts import (
     CANDIDATES,
@@ -269,7 +269,7 @@ def evaluate(
 
     summary = _summary(params, settings, per_query, timing, prepared, record)
     summary["seconds_total"] = round(time.perf_counter() - started, 2)
-    provenance.write_json(out_summary, summary)
+    fileio.write_json(out_summary, summary)
     return summary
 
 

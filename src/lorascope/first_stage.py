@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import metrics, provenance
+from lorascope import fileio, metrics, provenance
 from lorascope.contracts import CANDIDATES, METRICS, QRELS, read_table, write_table
 from lorascope.data.common import split_paths
 
@@ -35,7 +35,7 @@ def evaluate(
     record = provenance.record("evaluate_first_stage", params)
     write_table(metrics_path, metrics.to_rows(values, ABLATION), METRICS, record)
     n_queries = len(next(iter(values.values())))
-    provenance.write_json(
+    fileio.write_json(
         summary_path,
         {"split": params["split"], "queries": n_queries, "metrics": means, "provenance": record},
     )

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
 from collections.abc import Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from lorascope.config import config_hash
@@ -77,12 +75,3 @@ def record(stage: str, params: Mapping[str, Any], **extra: Any) -> dict[str, Any
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
-
-
-def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write a JSON file atomically (temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)

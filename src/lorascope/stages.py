@@ -8,13 +8,12 @@ directory whose checkpoints are published into the rule's output directory at th
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import provenance
+from lorascope import fileio, provenance
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def prepare_base(params: Mapping[str, Any], out_dir: str | Path, train_groups: s
     spec = BaseModelSpec.from_source(params["source"], seed=params["seed"])
     texts = (lambda: passage_texts(train_groups)) if train_groups else None
     manifest = _prepare(spec, out_dir, texts)
-    provenance.write_json(Path(out_dir) / "provenance.json", provenance.record("prepare_base", params))
+    fileio.write_json(Path(out_dir) / "provenance.json", provenance.record("prepare_base", params))
     log.info("base model %s: %s", params["model"], manifest.get("source"))
 
 
@@ -65,17 +64,13 @@ def train_lora(
     if not summary["complete"]:
         raise RuntimeError(f"training stopped at step {summary['steps_done']} of {settings.total_steps}")
     _publish(Path(work_dir), Path(out_dir))
-    provenance.write_json(Path(out_dir) / "provenance.json", provenance.record("train_lora", params))
+    fileio.write_json(Path(out_dir) / "provenance.json", provenance.record("train_lora", params))
 
 
 def _publish(work_dir: Path, out_dir: Path) -> None:
     """Copy checkpoints and logs (not the optimizer state) into ``out_dir`` atomically."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(work_dir, tmp, ignore=shutil.ignore_patterns("state", ".*"))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with fileio.atomic_dir(out_dir) as tmp:
+        shutil.copytree(work_dir, tmp, ignore=shutil.ignore_patterns("state", ".*"), dirs_exist_ok=True)
 
 
 def trained_modules(adapter_dir: str | Path, arch) -> set[tuple[int, str]]:

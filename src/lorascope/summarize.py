@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import provenance
+from lorascope import fileio, provenance
 from lorascope.contracts import CONVERGENCE, EVALUATIONS, TRAINING_LOG, write_table
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def summarize(
         "wall_times": wall_times(inputs["benchmarks"]),
         "inputs": {name: str(out / f"{name}.parquet") for name in ("evaluations", "convergence", "training_log")},
     }
-    provenance.write_json(out / "study.json", study)
+    fileio.write_json(out / "study.json", study)
     log.info("summary: %d evaluation rows, %d runs", len(rows), len(conv))
 
 

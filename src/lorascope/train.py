@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lorascope import roles, train_state
+from lorascope import fileio, roles, train_state
 from lorascope.train_data import Group, GroupOrder, load_groups
 
 if TYPE_CHECKING:
@@ -192,7 +191,7 @@ def train(
         log.info("%s: training already complete (%d steps)", out_dir, resumed.step)
         summary = _summary(resumed.step, settings, resumed.log_rows, resumed.elapsed_s)
         if not (out_dir / SUMMARY_FILE).is_file():
-            _write_json(
+            fileio.write_json(
                 out_dir / SUMMARY_FILE,
                 _provenance(base_dir, train_groups_path, settings, runtime, summary),
             )
@@ -257,7 +256,7 @@ def train(
                     break
     summary = _summary(step, settings, rows, elapsed)
     if summary["complete"]:
-        _write_json(
+        fileio.write_json(
             out_dir / SUMMARY_FILE,
             _provenance(base_dir, train_groups_path, settings, runtime, summary),
         )
@@ -469,17 +468,12 @@ def _save_checkpoint(
     base_dir: str | Path,
     probe: dict[str, Any],
 ) -> None:
-    final = checkpoint_dir(out_dir, step)
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    _write_json(
-        tmp / "checkpoint.json",
-        {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(), "probe": probe},
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with fileio.atomic_dir(checkpoint_dir(out_dir, step)) as tmp:
+        model.save_pretrained(tmp)
+        fileio.write_json(
+            tmp / "checkpoint.json",
+            {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(), "probe": probe},
+        )
 
 
 def _remove_partial_writes(out_dir: Path) -> None:
@@ -496,7 +490,7 @@ def _write_log(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out_dir / LOG_FILE, buffer.getvalue())
+    fileio.write_text(out_dir / LOG_FILE, buffer.getvalue())
 
 
 def read_log(out_dir: str | Path) -> list[dict[str, float]]:
@@ -546,25 +540,7 @@ def _provenance(
         "base_source": base.get("source"),
         "base_weights_sha256": base.get("weights_sha256"),
         "train_groups": str(groups_path),
-        "train_groups_sha256": _sha256(Path(groups_path)),
+        "train_groups_sha256": fileio.sha256_file(groups_path),
         "summary": summary,
         "versions": versions,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

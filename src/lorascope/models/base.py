@@ -20,7 +20,6 @@ output and renamed into place at the end.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lorascope import fileio
 from lorascope.roles import UnsupportedArchitecture, num_layers, roles_for
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,7 @@ def prepare_base(
             needed by ``tiny`` only.
         progress: show a progress bar while pretraining a tiny model.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with fileio.atomic_dir(out_dir) as tmp:
         if spec.kind in ("hub", "local", "package"):
             source_dir, source = _resolve_directory(spec)
             _link_directory(source_dir, tmp, copy=spec.copy_weights)
@@ -177,13 +172,7 @@ def prepare_base(
                 raise BaseModelError("a tiny base model needs the study's passage texts")
             source, extra = _prepare_tiny(spec, tmp, texts_provider, progress)
         manifest = _manifest(spec, tmp, source, extra)
-        _write_json(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fileio.write_json(tmp / MANIFEST, manifest)
     log.info("prepared base model %s in %s", manifest["source"], out_dir)
     return manifest
 
@@ -337,7 +326,7 @@ def _prepare_gguf(spec: BaseModelSpec, dest: Path) -> tuple[dict[str, Any], dict
         source = {"kind": "gguf", "path": str(gguf_path)}
     if not gguf_path.is_file():
         raise BaseModelError(f"GGUF file {gguf_path} does not exist")
-    source["sha256"] = _sha256(gguf_path)
+    source["sha256"] = fileio.sha256_file(gguf_path)
     log.info("loading %s (dequantising to fp32)", gguf_path)
     folder, name = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -402,7 +391,7 @@ def _manifest(
 ) -> dict[str, Any]:
     config = json.loads((model_dir / "config.json").read_text())
     arch = roles_for(config["model_type"])
-    weights = {p.name: _sha256(p) for p in _weight_files(model_dir)}
+    weights = {p.name: fileio.sha256_file(p) for p in _weight_files(model_dir)}
     parameters = extra.pop("parameters", None)
     if parameters is None:
         parameters = _count_parameters(model_dir)
@@ -459,17 +448,3 @@ def _count_parameters(model_dir: Path) -> int | None:
                     count *= dim
                 total += count
     return total
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+"""Atomic file and folder writes, and file hashes: the one place every stage gets them from.
+
+Outputs appear whole or not at all: each is written beside its final path under a temporary
+name and renamed into place, so a killed job never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tmp_sibling(path: str | os.PathLike[str]) -> Path:
+    """A temporary name beside ``path`` (same folder, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Write a JSON file atomically (sorted keys, indented)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``out_dir`` when the block succeeds.
+
+    On an exception the temporary folder is removed and ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
