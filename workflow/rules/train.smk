@@ -15,7 +15,7 @@ rule train_lora:
     priority: 2
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
