@@ -20,13 +20,17 @@ The base is a tiny LLaMA (8 layers, width 128, 8k BPE vocabulary trained on the 
 passages, random weights: ``pretrain_steps=0``; speed does not depend on what the model knows)
 or, with ``--model minilm``, the packaged all-MiniLM-L6-v2 (BERT).
 
-Measured per variant and round, excluding model load and the first ``--warmup`` steps: time
+Measured per variant and round, excluding model load and the first ``--warmup`` steps (after
+one short untimed run of each variant to warm the process up): time
 per optimizer step (end of one step to the end of the next, so data loading and tokenisation
-count), real (non-pad) tokens/s, pairs/s, and the padded fraction of the batches actually fed
-to the model (pad tokens / all tokens). Rounds alternate the variants (A B A B ...) so both
-see the same machine load; the table gives the median over rounds.
+count), real (non-pad) tokens/s, pairs/s, the padded fraction of the batches actually fed to
+the model (pad tokens / all tokens), tokenisation time per step, and real tokens per CPU
+second of the process (torch runs on ``--threads`` threads; less sensitive than wall time to
+other jobs on a shared machine). Rounds alternate the variants (A B, B A, A B, ...) so both
+see the same machine load; the table gives the median over rounds (and the range).
 
-    python benchmarks/bench_train.py [--steps 24] [--threads 1] [--rounds 2] [--model tiny]
+    python benchmarks/bench_train.py [--steps 10] [--threads 1] [--rounds 3] [--model tiny]
+    python benchmarks/bench_train.py --same-order  # diagnostic: identical micro-batches
     python benchmarks/bench_train.py --profile     # also cProfile one short run of each
 """
 
@@ -35,19 +39,25 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import functools
 import io
 import logging
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As lorascope's CLI does, before torch is imported: idle OpenMP threads sleep instead of
+# spinning (matters with --threads > 1 on a loaded machine; no effect at 1 thread).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TRAIN_PARAMS = {
     "train": {
@@ -91,6 +101,7 @@ class Run:
 
     label: str
     step_ends: list[float] = field(default_factory=list)
+    step_cpu_ends: list[float] = field(default_factory=list)  # process CPU time
     # one entry per micro-batch fed to the model: (real tokens, all tokens, pairs, tokenise s)
     batches: list[tuple[int, int, int, float]] = field(default_factory=list)
     step_bounds: list[int] = field(default_factory=list)  # len(batches) at each step end
@@ -103,9 +114,10 @@ class Run:
         if len(self.step_ends) <= warmup or warmup < 1:
             raise ValueError(f"{self.label}: {len(self.step_ends)} steps, warm-up {warmup}")
         seconds = [b - a for a, b in zip(self.step_ends[warmup - 1 : -1], self.step_ends[warmup:])]
+        cpu = self.step_cpu_ends[-1] - self.step_cpu_ends[warmup - 1]
         # micro-batches of the timed steps (every step has `accumulation` of them, except
         # possibly the HF Trainer's last step of an epoch: counted from what was fed)
-        per_step = self._batches_per_step(shape)
+        per_step = self._batches_per_step()
         timed = [b for step in per_step[warmup:] for b in step]
         real = sum(b[0] for b in timed)
         total = sum(b[1] for b in timed)
@@ -117,21 +129,16 @@ class Run:
             "s_per_step": statistics.median(seconds),
             "tokens_per_s": real / wall,
             "pairs_per_s": pairs / wall,
+            "all_tokens_per_s": total / wall,
+            "tokens_per_cpu_s": real / cpu,
             "pad_fraction": (total - real) / total,
             "tokens_per_step": real / len(seconds),
             "tokenise_ms_per_step": 1e3 * sum(b[3] for b in timed) / len(seconds),
             "partial_steps": sum(1 for s in per_step[warmup:] if len(s) != shape.accumulation),
         }
 
-    def _batches_per_step(self, shape: Shape) -> list[list[tuple[int, int, int, float]]]:
-        if len(self.step_bounds) == len(self.step_ends):
-            out, start = [], 0
-            for end in self.step_bounds:
-                out.append(self.batches[start:end])
-                start = end
-            return out
-        k = shape.accumulation
-        return [self.batches[i : i + k] for i in range(0, len(self.batches), k)]
+    def _batches_per_step(self) -> list[list[tuple[int, int, int, float]]]:
+        return [self.batches[a:b] for a, b in zip([0, *self.step_bounds], self.step_bounds)]
 
 
 # --------------------------------------------------------------------------- setup
@@ -172,8 +179,8 @@ def run_lorascope(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
     the model) and ``_Loop.step`` to record the end of each optimizer step."""
     import torch
 
-    import lorascope.models.reranker as reranker
     import lorascope.train as lt
+    from lorascope.models import reranker
 
     run = Run("lorascope")
     encode, step = reranker.encode_pairs, lt._Loop.step
@@ -189,6 +196,7 @@ def run_lorascope(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
     def step_recorded(self: Any, indices: Any, optimizer: Any) -> float:
         loss = step(self, indices, optimizer)
         run.step_ends.append(time.perf_counter())
+        run.step_cpu_ends.append(time.process_time())
         run.step_bounds.append(len(run.batches))
         run.loss = loss
         if not run.trainable:
@@ -225,8 +233,15 @@ def run_lorascope(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
 # --------------------------------------------------------------------------- HF Trainer
 
 
-def run_hf_trainer(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
-    """The straightforward ``transformers.Trainer`` + peft version of the same training."""
+def run_hf_trainer(
+    base: Path, groups: Path, shape: Shape, out: Path, same_order: bool = False
+) -> Run:
+    """The straightforward ``transformers.Trainer`` + peft version of the same training.
+
+    ``same_order`` (a diagnostic, not what a user writes) replaces the Trainer's random
+    sampler by lorascope's group order for the same seed, so that both variants feed the
+    model exactly the same micro-batches (same padded shapes) and differ only in the loop.
+    """
     import pyarrow.parquet as pq
     import torch
     import torch.nn.functional as F
@@ -234,6 +249,7 @@ def run_hf_trainer(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
+        PrinterCallback,
         Trainer,
         TrainerCallback,
         TrainingArguments,
@@ -283,6 +299,13 @@ def run_hf_trainer(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
     run = Run("HF Trainer")
 
     class Recorded(GroupTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if not same_order:
+                return super()._get_train_sampler(train_dataset)
+            from lorascope.train_data import GroupOrder
+
+            return GroupOrder(len(self.train_dataset), shape.seed).permutation(0)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mask = inputs["attention_mask"]
             run.batches.append((int(mask.sum()), mask.numel(), mask.shape[0], pending.pop(0)))
@@ -300,6 +323,7 @@ def run_hf_trainer(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             run.step_ends.append(time.perf_counter())
+            run.step_cpu_ends.append(time.process_time())
             run.step_bounds.append(len(run.batches))
 
     # ---- the model, as a user loads it
@@ -352,6 +376,7 @@ def run_hf_trainer(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
         data_collator=TimedCollator(tokenizer, shape.max_length, arch.decoder),
         callbacks=[StepEnds()],
     )
+    trainer.remove_callback(PrinterCallback)  # no end-of-training metrics dict on stdout
     result = trainer.train()
     run.loss = result.training_loss
     run.threads = torch.get_num_threads()
@@ -379,19 +404,22 @@ def profile(label: str, base: Path, groups: Path, shape: Shape, out: Path, top: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per run, "
-                        "the first --warmup of them untimed (default 24)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run, "
+                        "the first --warmup of them untimed (default 10)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each variant, "
-                        "alternated A B A B (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, "
+                        "alternated A B, B A, A B, ... (default 3)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (default 1: a shared 2-core machine)")
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
-    parser.add_argument("--queries-per-step", type=int, default=16)
-    parser.add_argument("--micro-batch", type=int, default=8, help="groups per forward pass")
+    parser.add_argument("--queries-per-step", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=4, help="groups per forward pass")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=196)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--same-order", action="store_true",
+                        help="diagnostic: feed the HF Trainer lorascope's group order, so both "
+                        "see identical micro-batches")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one short run of each variant")
     args = parser.parse_args(argv)
@@ -400,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)
     shape = Shape(
         steps=args.steps,
@@ -409,63 +439,89 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         lr=args.lr,
     )
+    if args.same_order:
+        RUNNERS["HF Trainer"] = functools.partial(run_hf_trainer, same_order=True)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    started = time.perf_counter()
-    groups, base = prepare(work, args.model)
-    load_before = os.getloadavg()[0]
+    try:
+        started = time.perf_counter()
+        groups, base = prepare(work, args.model)
+        load_before = os.getloadavg()[0]
 
-    results: dict[str, list[dict[str, float]]] = {label: [] for label in RUNNERS}
-    runs: dict[str, list[Run]] = {label: [] for label in RUNNERS}
-    for r in range(args.rounds):
+        # One short untimed run of each first, so that neither variant is the first training
+        # run of a fresh process (without it lorascope, always first, lost round 1 in 4 of 5
+        # runs while winning or tying later rounds).
         for label, runner in RUNNERS.items():
-            run = runner(base, groups, shape, work / f"{label.replace(' ', '_')}-{r}")
-            if run.threads != args.threads:
-                raise RuntimeError(f"{label} ran with {run.threads} threads, not {args.threads}")
-            runs[label].append(run)
-            m = run.timed(shape, args.warmup)
-            results[label].append(m)
-            print(f"round {r + 1} {label:<10}: {m['tokens_per_s']:8.0f} tok/s "
-                  f"{m['pairs_per_s']:6.1f} pairs/s {m['s_per_step']:6.3f} s/step "
-                  f"pad {m['pad_fraction']:.3f} (loss {run.loss:.4f})", flush=True)
+            runner(base, groups, dataclasses.replace(shape, steps=args.warmup + 1),
+                   work / f"warmup-{label.replace(' ', '_')}")
 
-    trainable = {label: runs[label][0].trainable for label in RUNNERS}
-    if len(set(trainable.values())) != 1:
-        raise RuntimeError(f"trainable parameters differ: {trainable}")
+        results: dict[str, list[dict[str, float]]] = {label: [] for label in RUNNERS}
+        runs: dict[str, list[Run]] = {label: [] for label in RUNNERS}
+        for r in range(args.rounds):
+            # A B, B A, A B, ...: neither variant always runs first (or in the same load phase)
+            order = list(RUNNERS.items()) if r % 2 == 0 else list(RUNNERS.items())[::-1]
+            for label, runner in order:
+                # each round its own seed (data order, head and LoRA init), the same for both
+                run = runner(base, groups, dataclasses.replace(shape, seed=r),
+                             work / f"{label.replace(' ', '_')}-{r}")
+                if run.threads != args.threads:
+                    raise RuntimeError(f"{label} ran with {run.threads} threads, not {args.threads}")
+                runs[label].append(run)
+                m = run.timed(shape, args.warmup)
+                results[label].append(m)
+                print(f"round {r + 1} {label:<10}: {m['tokens_per_s']:6.0f} real tok/s "
+                      f"{m['pairs_per_s']:5.1f} pairs/s {m['s_per_step']:5.2f} s/step "
+                      f"pad {m['pad_fraction']:.3f} {m['tokens_per_cpu_s']:6.0f} real tok/CPU-s "
+                      f"(loss {run.loss:.4f})", flush=True)
 
-    def med(label: str, key: str) -> float:
-        return statistics.median(m[key] for m in results[label])
+        trainable = {label: runs[label][0].trainable for label in RUNNERS}
+        if len(set(trainable.values())) != 1:
+            raise RuntimeError(f"trainable parameters differ: {trainable}")
 
-    load_after = os.getloadavg()[0]
-    print(f"\n{args.model} base, {shape.queries_per_step} queries/step x {shape.group_size} "
-          f"passages ({shape.queries_per_step * shape.group_size} pairs; micro-batch "
-          f"{shape.micro_batch_queries} queries), max_length {shape.max_length}, LoRA r=8 "
-          f"({trainable['lorascope']:,} trainable), fp32 CPU, {args.threads} thread(s); "
-          f"{args.steps - args.warmup} timed steps x {args.rounds} rounds; load average "
-          f"{load_before:.2f} -> {load_after:.2f}\n")
-    print("| trainer    | real tok/s | pairs/s | s/step | padded fraction | real tok/step "
-          "| tokenise ms/step |")
-    print("|------------|------------|---------|--------|-----------------|---------------"
-          "|------------------|")
-    for label in RUNNERS:
-        print(f"| {label:<10} | {med(label, 'tokens_per_s'):10.0f} | "
-              f"{med(label, 'pairs_per_s'):7.1f} | {med(label, 's_per_step'):6.3f} | "
-              f"{med(label, 'pad_fraction'):15.3f} | {med(label, 'tokens_per_step'):13.0f} | "
-              f"{med(label, 'tokenise_ms_per_step'):16.1f} |")
-    partial = sum(m["partial_steps"] for m in results["HF Trainer"])
-    if partial:
-        print(f"\n(HF Trainer: {partial} timed step(s) at an epoch's end had fewer micro-batches;"
-              " rates count what was fed)")
-    ratio = med("lorascope", "tokens_per_s") / med("HF Trainer", "tokens_per_s")
-    pair_ratio = med("lorascope", "pairs_per_s") / med("HF Trainer", "pairs_per_s")
-    print(f"\nlorascope / HF Trainer: {ratio:.2f}x real tokens/s, {pair_ratio:.2f}x pairs/s "
-          f"(goal >= 1.0x: {'met' if ratio >= 1.0 else 'NOT met'})")
-    print(f"total {time.perf_counter() - started:.0f} s")
+        def med(label: str, key: str) -> float:
+            return statistics.median(m[key] for m in results[label])
 
-    if args.profile:
-        short = dataclasses.replace(shape, steps=max(args.warmup + 4, 6))
+        def spread(label: str, key: str) -> str:
+            values = [m[key] for m in results[label]]
+            return f"{statistics.median(values):5.0f} ({min(values):.0f}-{max(values):.0f})"
+
+        load_after = os.getloadavg()[0]
+        print(f"\n{args.model} base, {shape.queries_per_step} queries/step x {shape.group_size} "
+              f"passages ({shape.queries_per_step * shape.group_size} pairs; micro-batch "
+              f"{shape.micro_batch_queries} queries), max_length {shape.max_length}, LoRA r=8 "
+              f"({trainable['lorascope']:,} trainable), fp32 CPU, {args.threads} thread(s); "
+              f"{args.steps - args.warmup} timed steps x {args.rounds} rounds each, alternated; "
+              f"load average {load_before:.2f} -> {load_after:.2f}\n")
+        print("Medians over rounds (min-max in brackets):\n")
+        print("| trainer    | real tok/s       | pairs/s | s/step | padded fraction "
+              "| tokenise ms/step | real tok/CPU-s   |")
+        print("|------------|------------------|---------|--------|-----------------"
+              "|------------------|------------------|")
         for label in RUNNERS:
-            print(f"\n==== cProfile: {label}, {short.steps} steps (top by own time) ====")
-            print(profile(label, base, groups, short, work / f"profile-{label[:2]}", 25))
+            print(f"| {label:<10} | {spread(label, 'tokens_per_s'):<16} | "
+                  f"{med(label, 'pairs_per_s'):7.1f} | {med(label, 's_per_step'):6.2f} | "
+                  f"{med(label, 'pad_fraction'):15.3f} | {med(label, 'tokenise_ms_per_step'):16.1f} | "
+                  f"{spread(label, 'tokens_per_cpu_s'):<16} |")
+        partial = sum(m["partial_steps"] for m in results["HF Trainer"])
+        if partial:
+            print(f"\n(HF Trainer: {partial} timed step(s) at an epoch's end had fewer micro-batches;"
+                  " rates count what was fed)")
+
+        def ratio(key: str) -> float:
+            return med("lorascope", key) / med("HF Trainer", key)
+
+        print(f"\nlorascope / HF Trainer: {ratio('tokens_per_s'):.2f}x real tokens/s "
+              f"(goal >= 1.0x: {'met' if ratio('tokens_per_s') >= 1.0 else 'NOT met'}), "
+              f"{ratio('pairs_per_s'):.2f}x pairs/s, {ratio('tokens_per_cpu_s'):.2f}x real tokens "
+              f"per CPU second (less sensitive to other jobs' load)")
+        print(f"total {time.perf_counter() - started:.0f} s")
+
+        if args.profile:
+            short = dataclasses.replace(shape, steps=max(args.warmup + 4, 6))
+            for label in RUNNERS:
+                print(f"\n==== cProfile: {label}, {short.steps} steps (top by own time) ====")
+                print(profile(label, base, groups, short, work / f"profile-{label[:2]}", 25))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
