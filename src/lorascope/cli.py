@@ -162,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+    except Exception as err:
+        # Bad input (lorascope's own errors, bad values, missing files): one clear line.
+        # Anything else is a bug somewhere: keep its traceback.
+        if not (type(err).__module__.startswith("lorascope") or isinstance(err, (ValueError, OSError))):
+            raise
         log.debug("failed", exc_info=True)
         log.error("%s", err)
         return 1
