@@ -652,3 +652,29 @@ def test_reference_yaml_matches_paper_md():
     assert sum(len(m) for m in ref["table2"]["values"].values()) == 12
     assert sum(len(v) for m in ref["table3"]["values"].values() for v in m.values()) == 24
     assert sum(len(m) for m in ref["table4"]["values"].values()) == 18
+
+
+def test_random_floor_row_when_the_summary_has_it(tmp_path):
+    import pyarrow as pa
+
+    from lorascope import contracts
+
+    summary = build_summary(tmp_path / "summary")
+    table = contracts.read_table(summary / "evaluations.parquet", contracts.EVALUATIONS)
+    extra = [_row(sweep="first_stage", ablation="random", split="dl19", measure=m, value=0.25)
+             for m in MEASURES]
+    extra_table = pa.Table.from_pylist(extra, schema=contracts.EVALUATIONS.schema)
+    contracts.write_table(summary / "evaluations.parquet", pa.concat_tables([table, extra_table]),
+                          contracts.EVALUATIONS)
+    out = tmp_path / "out"
+    render_report(make_params(), summary, out)
+    _, rows = md_table((out / "report.md").read_text(), "Table 1: ")
+    floor = [label for label in rows if label.startswith("Random reordering")]
+    assert floor and list(rows)[:2] == ["BM25 (first stage)", floor[0]]
+    assert rows[floor[0]] == ["0.2500"] * 6
+    _, rows3 = md_table((out / "report.md").read_text(), "Table 3: ")
+    assert any(label.startswith("Random reordering") for label in rows3)
+    lines = (out / "table1.tex").read_text().splitlines()
+    bm25 = next(i for i, line in enumerate(lines) if line.startswith("BM25"))
+    assert lines[bm25 + 1].startswith("Random reordering")  # no rule inside the baseline block
+    assert lines[bm25 + 2] == r"\midrule"

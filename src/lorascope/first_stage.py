@@ -1,7 +1,9 @@
-"""The ``evaluate_first_stage`` stage: the first-stage (e.g. BM25) ranking as a baseline row.
+"""The ``evaluate_first_stage`` stage: the baselines every table shows.
 
 Scores the candidates of a split in their first-stage order (rank 1 first, so ties in the
-retriever's scores cannot reorder them) and writes per-query metrics plus a JSON summary.
+retriever's scores cannot reorder them), and the floor a reranker must beat: a random
+reordering of the same candidates (per-query mean over seeded shuffles). Writes per-query
+metrics (ablations ``first_stage`` and ``random``) plus a JSON summary.
 """
 
 from __future__ import annotations
@@ -17,6 +19,32 @@ from lorascope.data.common import split_paths
 
 log = logging.getLogger(__name__)
 ABLATION = "first_stage"
+RANDOM = "random"
+RANDOM_SHUFFLES = 20
+
+
+def random_floor(
+    qrels, qids: list[str], docids: list[str], measures: list[str], shuffles: int = RANDOM_SHUFFLES
+) -> dict[str, dict[str, float]]:
+    """Per-query metrics of a random reordering of the candidates, averaged over seeded
+    shuffles (seed i for shuffle i: the same numbers on every run)."""
+    import random
+
+    by_query: dict[str, list[str]] = {}
+    for qid, docid in zip(qids, docids):
+        by_query.setdefault(qid, []).append(docid)
+    total: dict[str, dict[str, float]] = {}
+    for seed in range(shuffles):
+        rng = random.Random(seed)
+        run = []
+        for qid in sorted(by_query):
+            order = list(by_query[qid])
+            rng.shuffle(order)
+            run += [(qid, docid, -float(i)) for i, docid in enumerate(order)]
+        for name, by_q in metrics.per_query(qrels, run, measures).items():
+            for qid, value in by_q.items():
+                total.setdefault(name, {})[qid] = total.get(name, {}).get(qid, 0.0) + value / shuffles
+    return total
 
 
 def evaluate(
@@ -32,12 +60,23 @@ def evaluate(
     )
     values = metrics.per_query(qrels, run, params["metrics"])
     means = metrics.aggregate(values)
-    record = provenance.record("evaluate_first_stage", params)
-    write_table(metrics_path, metrics.to_rows(values, ABLATION), METRICS, record)
+    qids, docids = cands.column("qid").to_pylist(), cands.column("docid").to_pylist()
+    floor = random_floor(qrels, qids, docids, params["metrics"])
+    record = provenance.record("evaluate_first_stage", params, random_shuffles=RANDOM_SHUFFLES)
+    rows = metrics.to_rows(values, ABLATION)
+    for key, column in metrics.to_rows(floor, RANDOM).items():
+        rows[key] += column
+    write_table(metrics_path, rows, METRICS, record)
     n_queries = len(next(iter(values.values())))
     fileio.write_json(
         summary_path,
-        {"split": params["split"], "queries": n_queries, "metrics": means, "provenance": record},
+        {
+            "split": params["split"],
+            "queries": n_queries,
+            "metrics": means,
+            "random": metrics.aggregate(floor),
+            "provenance": record,
+        },
     )
     log.info("first stage on %s (%d queries): %s", params["split"], n_queries, means)
     return means

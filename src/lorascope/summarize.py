@@ -48,6 +48,10 @@ def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
 
 
 def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the first-stage ranking and, when present, of the random-reordering floor."""
+    baselines = [(FIRST_STAGE, summary["metrics"])]
+    if "random" in summary:
+        baselines.append(("random", summary["random"]))
     return [
         {
             "model": "",
@@ -57,7 +61,7 @@ def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, A
             "step": 0,
             "sweep": FIRST_STAGE,
             "split": split,
-            "ablation": FIRST_STAGE,
+            "ablation": ablation,
             "measure": measure,
             "value": value,
             "delta": None,
@@ -66,7 +70,8 @@ def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, A
             "significant": False,
             "queries": summary["queries"],
         }
-        for measure, value in summary["metrics"].items()
+        for ablation, values in baselines
+        for measure, value in values.items()
     ]
 
 

@@ -89,10 +89,14 @@ class ReportInputs:
 
     # ---- evaluations helpers --------------------------------------------------------------
 
-    def first_stage(self, split: str, measure: str) -> float | None:
+    def first_stage(self, split: str, measure: str, ablation: str = FIRST_STAGE) -> float | None:
+        """A baseline value: the first-stage ranking, or ``ablation="random"`` (its floor)."""
         ev = self.evaluations
         rows = ev[
-            (ev["sweep"] == FIRST_STAGE) & (ev["split"] == split) & (ev["measure"] == measure)
+            (ev["sweep"] == FIRST_STAGE)
+            & (ev["ablation"] == ablation)
+            & (ev["split"] == split)
+            & (ev["measure"] == measure)
         ]
         if rows.empty or pd.isna(rows["value"].iloc[0]):
             return None

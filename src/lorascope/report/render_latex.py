@@ -122,11 +122,12 @@ def table_latex(table: Table, decimals: int) -> str:
             + r" \\"
         )
     lines.append(r"\midrule")
-    for row in table.rows:
+    for i, row in enumerate(table.rows):
         cells = [escape(row.label)] + [_cell(c, decimals) for c in row.cells]
         lines.append(" & ".join(cells) + r" \\")
-        if row.baseline:
-            lines.append(r"\midrule")
+        following = table.rows[i + 1] if i + 1 < len(table.rows) else None
+        if row.baseline and not (following is not None and following.baseline):
+            lines.append(r"\midrule")  # one rule under the block of baseline rows
     lines += [r"\bottomrule", r"\end{tabular}" + ("%" if wide else "")]
     if wide:
         lines.append("}")

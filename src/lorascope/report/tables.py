@@ -30,6 +30,27 @@ from lorascope.report.model import (
 CHECKPOINTS = "checkpoints"
 BM25_KEY = "first_stage"
 BM25_LABEL = "BM25 (first stage)"
+RANDOM_KEY = "random"
+
+
+def baseline_rows(
+    inputs: ReportInputs, split: str, columns: Sequence[Column], measure: str | None = None
+) -> list[Row]:
+    """The first-stage row and, where the summary has it, the random-reordering floor."""
+
+    def cells(ablation: str) -> list[Cell]:
+        return [
+            Cell() if c.paper else Cell(inputs.first_stage(split, measure or c.measure, ablation))
+            for c in columns
+        ]
+
+    rows = [Row(BM25_KEY, BM25_LABEL, cells(BM25_KEY), baseline=True)]
+    floor = cells(RANDOM_KEY)
+    if any(cell.value is not None for cell in floor):
+        depth = inputs.split_info(split).get("depth")
+        label = f"Random reordering of the top-{depth}" if depth else "Random reordering"
+        rows.append(Row(RANDOM_KEY, label, floor, baseline=True))
+    return rows
 
 TITLES = {
     1: "Relevance emerging over checkpoints",
@@ -221,14 +242,7 @@ def build_table1(
     steps = set(int(s) for s in ev["step"])
     for model in models:
         steps |= {int(s) for s in (ref.get(model) or {})}
-    rows = [
-        Row(
-            BM25_KEY,
-            BM25_LABEL,
-            [Cell() if c.paper else Cell(inputs.first_stage(split, c.measure)) for c in columns],
-            baseline=True,
-        )
-    ]
+    rows = baseline_rows(inputs, split, columns)
     for step in sorted(steps):
         cells = []
         for c in columns:
@@ -328,14 +342,7 @@ def build_table2(
     for model in models:
         ranks |= {int(r) for r in (ref.get(model) or {})}
 
-    rows = [
-        Row(
-            BM25_KEY,
-            BM25_LABEL,
-            [Cell() if c.paper else Cell(inputs.first_stage(split, measure)) for c in columns],
-            baseline=True,
-        )
-    ]
+    rows = baseline_rows(inputs, split, columns, measure)
     fallback: list[str] = []
     epsilons, conv_splits, conv_measures = set(), set(), set()
     for rank in sorted(ranks):
@@ -506,14 +513,7 @@ def _ablation_table(
             else:
                 columns.append(Column(model, group, label, measure, mech))
 
-    rows = [
-        Row(
-            BM25_KEY,
-            BM25_LABEL,
-            [Cell() if c.paper else Cell(inputs.first_stage(split, c.measure)) for c in columns],
-            baseline=True,
-        )
-    ]
+    rows = baseline_rows(inputs, split, columns)
     for ablation, label in shown_rows:
         cells = []
         for c in columns:
