@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -160,7 +161,9 @@ def rank_comparison(table: Table) -> Figure | Omitted:
     rank_rows = [r for r in table.rows if not r.baseline]
     baseline = next((r for r in table.rows if r.baseline), None)
     n_ranks = len(rank_rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) * max(n_ranks, 1) / 2.5), 3.6))
+    # wide enough for both the bars and one (wrapped) model label per group
+    fig_width = max(5.0, 1.6 * len(groups) * max(n_ranks, 1) / 2.5, 1.9 * len(groups))
+    fig, ax = plt.subplots(figsize=(fig_width, 3.6))
     width = 0.8 / max(n_ranks, 1)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     paper_label_done = False
@@ -187,12 +190,14 @@ def rank_comparison(table: Table) -> Figure | Omitted:
                     ax.hlines(v, g - 0.45, g + 0.45, colors="grey", linestyles="--", lw=1,
                               label="BM25" if g == 0 else None)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([_model_title(c.group, c.mechanics_only) for c in groups], fontsize=8)
+    ax.set_xticklabels(
+        [textwrap.fill(_model_title(c.group, c.mechanics_only), 18) for c in groups], fontsize=8
+    )
     ax.set_ylabel(groups[0].measure if groups else "")
     top = max([c.value for r in table.rows for c in r.cells if c.value is not None] + [0.1])
     ax.set_ylim(0, min(1.0, top * 1.18) if top <= 1 else top * 1.18)
     ax.legend(fontsize=7, ncol=min(6, n_ranks + 2), loc="upper center",
-              bbox_to_anchor=(0.5, -0.15), frameon=False)
+              bbox_to_anchor=(0.5, -0.22), frameon=False)
     ax.set_title(f"LoRA rank at the convergence step — {split_label(table.split)} "
                  "(convergence step in parentheses)")
     fig.tight_layout()
