@@ -348,17 +348,27 @@ def merged_training(study_training: Mapping[str, Any], overrides: Mapping[str, A
     return merged
 
 
-def _package_root(name: str, key: str) -> Path:
-    """The folder of an installed package, found without importing it."""
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package, found without importing (executing) it."""
     import importlib.util
 
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_root(name: str, key: str) -> Path:
+    root = package_dir(name)
+    if root is None:
         dist = name.replace("_", "-")
         raise ConfigError(
             f"config key '{key}': package {name!r} is not installed (pip install --no-deps {dist})"
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return root
 
 
 def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any], base: Path) -> Model:

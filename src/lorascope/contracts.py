@@ -239,6 +239,26 @@ def write_table(
         return sink.rows
 
 
+def write_rows(
+    path: str | os.PathLike[str],
+    contract: Contract,
+    rows: Iterable[Mapping[str, Any]],
+    provenance: Mapping[str, Any] | None = None,
+    row_group: int = 2048,
+) -> int:
+    """Stream dict rows into a contract's Parquet file in row groups; returns the row count."""
+    with ParquetSink(path, contract, provenance) as sink:
+        chunk: list[Mapping[str, Any]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= row_group:
+                sink.write_rows({name: [r[name] for r in chunk] for name in contract.columns})
+                chunk = []
+        if chunk:
+            sink.write_rows({name: [r[name] for r in chunk] for name in contract.columns})
+        return sink.rows
+
+
 def _conform(table: pa.Table, contract: Contract, path: Path) -> pa.Table:
     names = table.column_names
     if sorted(names) != sorted(contract.columns):

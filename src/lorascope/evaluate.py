@@ -141,13 +141,6 @@ class EvalSettings:
 # --------------------------------------------------------------------------- loading
 
 
-def pick_device() -> str:
-    """``cuda:0`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def load_adapted(
     base_dir: str | Path, adapter_dir: str | Path, *, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[torch.nn.Module, Any, ArchitectureRoles]:
@@ -217,7 +210,9 @@ def evaluate(
     from lorascope.scoring import PreparedPairs
 
     settings = EvalSettings.from_params(params)
-    device = pick_device()
+    from lorascope.models.reranker import default_device
+
+    device = default_device()
     started = time.perf_counter()
     model, tokenizer, arch = load_adapted(base_dir, adapter_dir, dtype=settings.dtype,
                                           device=device)

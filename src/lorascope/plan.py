@@ -7,13 +7,12 @@ ablation specs are checked against it before any job starts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorascope.config import ConfigError, Model, Study, Sweep
+from lorascope.config import ConfigError, Model, Study, Sweep, package_dir
 
 #: The built-in sweep of the checkpoint curves: the full adapter only, every checkpoint.
 CHECKPOINTS = "checkpoints"
@@ -53,10 +52,9 @@ def model_shape(model: Model) -> Shape | None:
     if model.kind == "path":
         return _config_shape(Path(source["path"]) / "config.json")
     if model.kind == "package":
-        spec = importlib.util.find_spec(source["package"]["name"])
-        if spec is None or not spec.submodule_search_locations:
+        root = package_dir(source["package"]["name"])
+        if root is None:
             return None
-        root = Path(next(iter(spec.submodule_search_locations)))
         return _config_shape(root / source["package"]["path"] / "config.json")
     if model.kind == "hub":
         try:

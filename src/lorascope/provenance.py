@@ -27,14 +27,21 @@ TRACKED_PACKAGES = (
 )
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def versions() -> dict[str, str]:
-    """Installed versions of the packages that shape results."""
+    """Installed versions of the packages that shape results (missing ones left out)."""
     found = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+        version = package_version(name)
+        if version is not None:
+            found[name] = version
     return found
 
 

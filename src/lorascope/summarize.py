@@ -10,20 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lorascope import fileio, provenance
-from lorascope.contracts import CONVERGENCE, EVALUATIONS, TRAINING_LOG, write_table
+from lorascope.contracts import CONVERGENCE, EVALUATIONS, TRAINING_LOG, write_rows
 
 log = logging.getLogger(__name__)
 
 FIRST_STAGE = "first_stage"
-
-
-def _columns(rows: list[dict[str, Any]], names: Iterable[str]) -> dict[str, list[Any]]:
-    return {name: [row[name] for row in rows] for name in names}
 
 
 def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -162,15 +158,13 @@ def summarize(
         fields = {k: job[k] for k in ("model", "adapter", "rank", "targets", "step", "sweep", "split")}
         rows += evaluation_rows(fields, json.loads(Path(job["summary"]).read_text()))
     record = provenance.record("summarize", params)
-    write_table(out / "evaluations.parquet", _columns(rows, EVALUATIONS.columns), EVALUATIONS, record)
+    write_rows(out / "evaluations.parquet", EVALUATIONS, rows, record)
     conv = convergence_rows(rows, params["convergence"], params["checkpoints_sweep"])
-    write_table(out / "convergence.parquet", _columns(conv, CONVERGENCE.columns), CONVERGENCE, record)
+    write_rows(out / "convergence.parquet", CONVERGENCE, conv, record)
     train_rows: list[dict[str, Any]] = []
     for run in inputs["training"]:
         train_rows += training_rows(run["model"], run["adapter"], Path(run["log"]))
-    write_table(
-        out / "training_log.parquet", _columns(train_rows, TRAINING_LOG.columns), TRAINING_LOG, record
-    )
+    write_rows(out / "training_log.parquet", TRAINING_LOG, train_rows, record)
     study = {
         **params["study"],
         "models": _models(params["study"]["models"], inputs["models"]),

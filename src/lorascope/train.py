@@ -139,11 +139,10 @@ class Runtime:
 
 def resolve_runtime(settings: TrainSettings) -> Runtime:
     """Device, precision and gradient checkpointing for this machine."""
-    import torch
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    from lorascope.models.reranker import default_device
+
+    device = default_device() if settings.device == "auto" else settings.device
     cuda = device.startswith("cuda")
     bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
     ckpt = settings.gradient_checkpointing
@@ -522,17 +521,11 @@ def _provenance(
     runtime: Runtime,
     summary: dict[str, Any],
 ) -> dict[str, Any]:
-    import importlib.metadata
-
     from lorascope.models.base import read_manifest
+    from lorascope.provenance import package_version
 
     base = read_manifest(base_dir) or {}
-    versions = {}
-    for lib in ("torch", "transformers", "peft", "lorascope"):
-        try:
-            versions[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            versions[lib] = None
+    versions = {lib: package_version(lib) for lib in ("torch", "transformers", "peft", "lorascope")}
     return {
         "settings": settings.to_dict(),
         "runtime": dataclasses.asdict(runtime),

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lorascope.contracts import CANDIDATES, QRELS, QUERIES, TRAIN_GROUPS, ParquetSink
-
-ROW_GROUP = 2048
+from lorascope.contracts import CANDIDATES, QRELS, QUERIES, TRAIN_GROUPS, write_rows
 
 
 def _stable_key(seed: int, qid: str) -> str:
@@ -71,26 +69,6 @@ def make_groups(
             }
         )
     return groups
-
-
-def _columns(rows: list[Mapping[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
-    return {name: [row[name] for row in rows] for name in names}
-
-
-def write_rows(
-    path: Path, contract, rows: Iterable[Mapping[str, Any]], provenance: Mapping[str, Any]
-) -> int:
-    """Stream dict rows into a contract's Parquet file in row groups; returns the row count."""
-    with ParquetSink(path, contract, provenance) as sink:
-        chunk: list[Mapping[str, Any]] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= ROW_GROUP:
-                sink.write_rows(_columns(chunk, contract.columns))
-                chunk = []
-        if chunk:
-            sink.write_rows(_columns(chunk, contract.columns))
-        return sink.rows
 
 
 def write_train_groups(

