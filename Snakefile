@@ -20,7 +20,8 @@ wildcard_constraints:
     study=STUDY.name,
     split="|".join(STUDY.splits),
     model="|".join(STUDY.models),
-    adapter=r"r\d+-[a-z][a-z0-9_]*",
+    adapter=r"r\d+-[a-z][a-z0-9_]*(-[a-z][a-z0-9_]*)?",
+    rank=r"\d+",
     step=r"\d+",
     sweep=r"[a-z][a-z0-9_]*",
 
@@ -31,6 +32,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/adapters.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analyses.smk"
 include: "workflow/rules/report.smk"
 
 

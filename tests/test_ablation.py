@@ -155,6 +155,20 @@ def test_params_round_trip() -> None:
         Ablation.from_params({"zeroed": []})
 
 
+def test_params_round_trip_with_truncation() -> None:
+    ablation = Ablation("svd_r2", frozenset(), 2)
+    assert not ablation.is_full
+    params = ablation.to_params()
+    assert params == {"name": "svd_r2", "zeroed": [], "truncate_rank": 2}
+    assert Ablation.from_params(params) == ablation
+    assert "truncate_rank" not in Ablation("x", frozenset({(0, "q")})).to_params()
+    for bad in (0, "2", 1.5, True):
+        with pytest.raises(AblationError, match="ablation 'y': truncate_rank must be a positive int"):
+            Ablation.from_params({"name": "y", "zeroed": [], "truncate_rank": bad})
+    with pytest.raises(AblationError, match="ablation 'y': unknown key 'rank'"):
+        Ablation.from_params({"name": "y", "zeroed": [], "rank": 2})
+
+
 def test_resolve_sweeps_keeps_config_order() -> None:
     sweeps = {"b": {"ablations": {"x": {"drop": "all"}}}, "a": {"generate": "each_layer"}}
     out = resolve_sweeps(sweeps, num_layers=2, arch_roles=LLAMA)
@@ -185,6 +199,43 @@ def test_boundary() -> None:
                                      "keep_layers_0_02"]
     assert out[1].zeroed == mods((1, 2, 3), LLAMA.roles)
     assert out[3].zeroed == mods((3,), LLAMA.roles)
+
+
+def test_svd_generator() -> None:
+    """One svd_r<k> per configured rank below the adapter's, in config order, zeroing nothing."""
+    spec = {"generate": "svd", "ranks": [8, 4, 16, 2, 1]}
+    out = resolve_sweep("c", spec, num_layers=2, arch_roles=LLAMA, rank=8)
+    assert [a.name for a in out] == [FULL, "svd_r4", "svd_r2", "svd_r1"]
+    assert [a.truncate_rank for a in out] == [None, 4, 2, 1]
+    assert all(not a.zeroed for a in out)
+    assert [a.name for a in resolve_sweep("c", spec, num_layers=2, arch_roles=LLAMA,
+                                          rank=1)] == [FULL]  # nothing below rank 1
+    mixed = resolve_sweep("c", {"ablations": {"no_lora": {"drop": "all"}},
+                                "generate": ["svd", "each_layer"], "ranks": [2]},
+                          num_layers=2, arch_roles=LLAMA, rank=4)
+    assert [a.name for a in mixed] == [FULL, "no_lora", "svd_r2", "drop_layer_00",
+                                       "drop_layer_01"]
+    by_sweep = resolve_sweeps({"c": spec}, num_layers=2, arch_roles=LLAMA, rank=2)
+    assert [a.name for a in by_sweep["c"]] == [FULL, "svd_r1"]
+
+
+@pytest.mark.parametrize("spec, rank, message", [
+    ({"generate": "svd", "ranks": [2]}, None,
+     "sweeps.s.generate: svd needs the adapter's LoRA rank"),
+    ({"generate": "svd"}, 8, "sweeps.s: 'generate: svd' needs 'ranks'"),
+    ({"generate": "svd", "ranks": []}, 8, "sweeps.s.ranks must be a non-empty list of positive ints"),
+    ({"generate": "svd", "ranks": [2, 0]}, 8, "sweeps.s.ranks must be a non-empty list"),
+    ({"generate": "svd", "ranks": "2"}, 8, "sweeps.s.ranks must be a non-empty list"),
+    ({"generate": "svd", "ranks": [2, 2]}, 8, "sweeps.s.ranks names a rank twice: [2, 2]"),
+    ({"generate": "each_layer", "ranks": [2]}, 8,
+     "sweeps.s.ranks is only read by 'generate: svd'"),
+    ({"generate": "svd", "ranks": [2]}, 0, "sweeps.s: the adapter's LoRA rank must be a positive int"),
+    ({"generate": "svd", "ranks": [2], "ablations": {"svd_r2": {"drop": "all"}}}, 8,
+     "sweeps.s.generate.svd: duplicate ablation name 'svd_r2'"),
+])
+def test_svd_errors(spec, rank, message) -> None:
+    with pytest.raises(AblationError, match=_re(message)):
+        resolve_sweep("s", spec, num_layers=2, arch_roles=LLAMA, rank=rank)
 
 
 def test_generators_skip_what_equals_full() -> None:
@@ -259,9 +310,10 @@ def test_reserved_and_duplicate_names() -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"ablation": {}}, "sweeps.s: unknown key 'ablation' (a sweep has: ablations, generate)"),
+    ({"ablation": {}}, "sweeps.s: unknown key 'ablation' (a sweep has: ablations, generate, ranks)"),
     ({"generate": "every_layer"},
-     "sweeps.s.generate: unknown generator 'every_layer' (known: each_layer, each_layer_role, boundary)"),
+     ("sweeps.s.generate: unknown generator 'every_layer' (known: each_layer, each_layer_role, "
+      "boundary, svd)")),
     ({"generate": ["boundary", "boundary"]}, "sweeps.s.generate names a generator twice"),
     ({"generate": {"x": 1}}, "sweeps.s.generate must be a generator name or a list"),
     ({"ablations": ["no_lora"]}, "sweeps.s.ablations must be a mapping"),

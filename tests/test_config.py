@@ -88,12 +88,54 @@ BAD = [
     ("role list without name", _set(["training", "adapters"], [{"targets": ["up", "gate"], "ranks": [8]}]), "needs a name"),
     ("unknown role", _set(["training", "adapters"], [{"targets": ["up", "gat"], "ranks": [8], "name": "ug"}]), "config key 'training.adapters[0].targets'"),
     ("missing models", lambda raw: raw.pop("models"), "'models' is a required property"),
+    # LoRA variants
+    ("unknown variant", _set(["training", "adapters", 0, "variant"], "qlora"), "config key 'training.adapters[0].variant': 'qlora' is not one of ['lora', 'dora'"),
+    ("unknown variant in list", _set(["training", "adapters", 0, "variant"], ["dora", "qlora"]), "config key 'training.adapters[0].variant[1]': 'qlora' is not one of"),
+    ("variant twice", _set(["training", "adapters", 0, "variant"], ["dora", "dora"]), "config key 'training.adapters[0].variant': ['dora', 'dora'] has non-unique elements"),
+    ("empty variant list", _set(["training", "adapters", 0, "variant"], []), "config key 'training.adapters[0].variant': [] should be non-empty"),
+    ("two initialisations", _set(["training", "adapters", 0, "variant"], ["pissa", "eva", "dora"]), "config key 'training.adapters[0].variant': pissa and eva are alternative initialisations"),
+    ("lora combined", _set(["training", "adapters", 0, "variant"], ["lora", "rslora"]), "config key 'training.adapters[0].variant': 'lora' is plain LoRA and combines with no other variant"),
+    ("pissa on 4-bit", lambda raw: raw["training"].update(quantize_4bit=True, adapters=[{"targets": "all", "ranks": [8], "variant": ["olora", "dora"]}]), "config key 'training.adapters[0].variant': olora moves part of each base weight"),
+    ("pissa on 4-bit model override", lambda raw: (raw["models"]["tiny"].update(training={"quantize_4bit": True}), raw["training"]["adapters"][0].update(variant="pissa")), "config key 'models.tiny.training.adapters[0].variant': pissa moves"),
+    ("variant duplicates name", _set(["training", "adapters"], [{"targets": "all", "ranks": [8], "variant": "dora"}, {"targets": "all", "ranks": [4, 8], "variant": ["dora"]}]), "config key 'training.adapters': adapter 'r8-all-dora' is listed twice"),
+    ("default flags make the same run", lambda raw: raw["training"].update(lora={"dora": True}, adapters=[{"targets": "all", "ranks": [8]}, {"targets": "all", "ranks": [8], "variant": "dora"}]), "config key 'training.adapters': adapters 'r8-all' and 'r8-all-dora' are the same run"),
+    ("sweep names unknown variant adapter", _set(["sweeps"], {"s": {"adapters": ["r8-all-dora"], "ablations": {"x": {"drop": "all"}}}}), "config key 'sweeps.s.adapters[0]': no model trains adapter 'r8-all-dora'"),
+    ("bad adapter name", _set(["sweeps"], {"s": {"adapters": ["r8-all-"], "ablations": {"x": {"drop": "all"}}}}), "config key 'sweeps.s.adapters[0]': 'r8-all-' does not match"),
+    # SVD compression sweeps
+    ("svd without ranks", _set(["sweeps"], {"c": {"generate": "svd"}}), "config key 'sweeps.c.ranks': generate: svd needs the ranks"),
+    ("ranks without svd", _set(["sweeps"], {"c": {"generate": "boundary", "ranks": [2]}}), "config key 'sweeps.c.ranks': ranks belong to generate: svd"),
+    ("ranks without generate", _set(["sweeps"], {"c": {"ablations": {"x": {"drop": "all"}}, "ranks": [2]}}), "config key 'sweeps.c.ranks': ranks belong to generate: svd"),
+    ("zero rank", _set(["sweeps"], {"c": {"generate": "svd", "ranks": [4, 0]}}), "config key 'sweeps.c.ranks[1]': 0 is less than the minimum of 1"),
+    ("repeated rank", _set(["sweeps"], {"c": {"generate": "svd", "ranks": [2, 2]}}), "config key 'sweeps.c.ranks': [2, 2] has non-unique elements"),
+    ("empty ranks", _set(["sweeps"], {"c": {"generate": "svd", "ranks": []}}), "config key 'sweeps.c.ranks': [] should be non-empty"),
+    ("unknown generator", _set(["sweeps"], {"c": {"generate": "svdd", "ranks": [2]}}), "config key 'sweeps.c.generate': 'svdd' is not one of"),
+    # analyses
+    ("unknown analysis", _set(["analyses"], {"probe": {}}), "config key 'analyses': unknown key 'probe'"),
+    ("boundary without sweep", _set(["analyses"], {"boundary": {}}), "config key 'analyses.boundary': 'sweep' is a required property"),
+    ("boundary unknown sweep", _set(["analyses"], {"boundary": {"sweep": "nope"}}), "config key 'analyses.boundary.sweep': unknown sweep 'nope' (boundary sweeps: boundary)"),
+    ("boundary not a boundary sweep", _set(["analyses"], {"boundary": {"sweep": "components"}}), "config key 'analyses.boundary.sweep': sweep 'components' is not a boundary sweep"),
+    ("boundary unknown split", _set(["analyses"], {"boundary": {"sweep": "boundary", "splits": ["dl19", "dl20"]}}), "config key 'analyses.boundary.splits[1]': unknown split 'dl20'"),
+    ("boundary selection split not in the sweep", _set(["analyses"], {"boundary": {"sweep": "boundary", "selection_split": "dl20"}}), "config key 'analyses.boundary.selection_split': b is chosen on split 'dl20', which sweep 'boundary' does not evaluate"),
+    ("final split unknown", _set(["evaluation"], {"final_splits": ["dl20"]}), "config key 'evaluation.final_splits[0]': unknown split 'dl20'"),
+    ("boundary unknown measure", _set(["analyses"], {"boundary": {"sweep": "boundary", "measure": "R@100"}}), "config key 'analyses.boundary.measure': 'R@100' is not one of evaluation.metrics"),
+    ("lens unknown split", _set(["analyses"], {"lens": {"splits": ["dev"]}}), "config key 'analyses.lens.splits[0]': unknown split 'dev'"),
+    ("lens unknown model", _set(["analyses"], {"lens": {"models": ["tiny", "big"]}}), "config key 'analyses.lens.models[1]': unknown model 'big'"),
+    ("lens unknown adapter", _set(["analyses"], {"lens": {"adapters": ["r16-all"]}}), "config key 'analyses.lens.adapters[0]': no model trains adapter 'r16-all'"),
+    ("anatomy unknown adapter", _set(["analyses"], {"anatomy": {"adapters": ["r8-mlp"]}}), "config key 'analyses.anatomy.adapters[0]': no model trains adapter 'r8-mlp'"),
+    ("anatomy bad key", _set(["analyses"], {"anatomy": {"splits": ["dl19"]}}), "config key 'analyses.anatomy': unknown key 'splits'"),
+    ("analysis null", _set(["analyses"], {"anatomy": None}), "config key 'analyses.anatomy': None is not of type 'object'"),
 ]
+
+SWEEPS = {
+    "components": {"ablations": {"no_lora": {"drop": "all"}}},
+    "boundary": {"generate": "boundary"},
+}
 
 
 @pytest.mark.parametrize("mutate,expected", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_config_names_key_and_value(mutate, expected):
     raw = copy.deepcopy(BASE)
+    raw["sweeps"] = copy.deepcopy(SWEEPS)
     mutate(raw)
     with pytest.raises(ConfigError) as err:
         load_study(raw)
@@ -119,3 +161,98 @@ def test_relative_local_model_path_resolves_from_config_dir(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
     study = load_study_file(tmp_path / "study.yaml")
     assert study.models["m"].source["path"] == str(model)
+
+
+def test_adapter_variants_named_and_resolved():
+    raw = copy.deepcopy(BASE)
+    raw["training"]["lora"] = {"rslora": True}  # the default of adapters without a variant
+    raw["training"]["adapters"] = [
+        {"targets": "all", "ranks": [8]},
+        {"targets": "all", "ranks": [8], "variant": "dora"},
+        {"targets": "all", "ranks": [8], "variant": ["rslora", "dora"]},
+        {"targets": "attn", "ranks": [4, 8], "variant": ["pissa", "rslora"]},
+        {"targets": "mlp", "ranks": [8], "variant": "lora"},
+        {"targets": ["up", "gate"], "name": "ug", "ranks": [2], "variant": "eva"},
+    ]
+    adapters = {a.name: a for a in load_study(raw).models["tiny"].training.adapters}
+    assert list(adapters) == [
+        "r8-all", "r8-all-dora", "r8-all-dora_rslora", "r4-attn-pissa_rslora",
+        "r8-attn-pissa_rslora", "r8-mlp", "r2-ug-eva",
+    ]
+    assert adapters["r8-all"].variant == ("rslora",)  # from training.lora
+    assert adapters["r8-all-dora"].variant == ("dora",)  # its own variant replaces the flags
+    assert adapters["r8-mlp"].variant == ()  # explicit plain LoRA
+    assert adapters["r8-all-dora_rslora"].train_fields() == {"use_dora": True, "use_rslora": True}
+    pissa = adapters["r8-attn-pissa_rslora"]
+    assert pissa.init == "pissa" and pissa.converted_at_extraction
+    assert pissa.train_fields() == {"use_dora": False, "use_rslora": True, "init": "pissa"}
+    eva = adapters["r2-ug-eva"]
+    assert eva.targets == ("up", "gate") and eva.init == "eva" and not eva.converted_at_extraction
+
+
+def test_model_override_of_lora_flags_keeps_adapter_names():
+    raw = copy.deepcopy(BASE)
+    raw["models"]["other"] = {"tiny": {"architecture": "llama", "layers": 2, "width": 32},
+                              "training": {"lora": {"dora": True}}}
+    raw["sweeps"] = {"s": {"adapters": ["r8-all"], "ablations": {"x": {"drop": "all"}}}}
+    study = load_study(raw)
+    tiny, other = (study.models[m].training.adapters[1] for m in ("tiny", "other"))
+    assert tiny.name == other.name == "r8-all"
+    assert tiny.variant == () and other.variant == ("dora",)
+
+
+def test_svd_sweep_and_analyses_parsed():
+    raw = copy.deepcopy(BASE)
+    raw["training"]["adapters"].append({"targets": "all", "ranks": [8], "variant": "dora"})
+    raw["sweeps"] = {
+        **copy.deepcopy(SWEEPS),
+        "compression": {"adapters": ["r8-all", "r8-all-dora"], "splits": ["dl19"], "generate": "svd", "ranks": [4, 2, 1]},
+    }
+    raw["analyses"] = {
+        "boundary": {"sweep": "boundary"},
+        "lens": {"adapters": ["r8-all"], "splits": ["validation", "dl19"]},
+        "anatomy": {"models": ["tiny"]},
+    }
+    study = load_study(raw)
+    compression = study.sweeps["compression"]
+    assert compression.generate == "svd" and compression.ranks == (4, 2, 1)
+    assert compression.spec() == {"ablations": {}, "generate": "svd", "ranks": [4, 2, 1]}
+    assert study.sweeps["boundary"].ranks is None and "ranks" not in study.sweeps["boundary"].spec()
+    boundary, lens, anatomy = study.analyses.boundary, study.analyses.lens, study.analyses.anatomy
+    # defaults: the convergence measure; every split but the convergence (selection) split
+    assert (boundary.sweep, boundary.measure, boundary.splits) == ("boundary", "nDCG@10", ("dl19",))
+    assert boundary.selection_split == "validation"  # the convergence split
+    assert lens.splits == ("validation", "dl19") and lens.models is None
+    model = study.models["tiny"]
+    assert lens.selects(model) == ["r8-all"]
+    assert anatomy.selects(model) == ["r1-all", "r8-all", "r8-all-dora"]
+    raw["analyses"] = {"lens": {}}
+    lens = load_study(raw).analyses.lens
+    assert lens.splits == ("validation",) and lens.adapters is None  # convergence split
+    assert load_study(raw).analyses.boundary is None and load_study(BASE).analyses.lens is None
+
+
+def test_hash_covers_variants_and_analyses():
+    plain = load_study(BASE).hash
+    raw = copy.deepcopy(BASE)
+    raw["training"]["adapters"][0]["variant"] = "lora"
+    assert load_study(raw).hash != plain  # the config changed, even if no run did
+    raw = copy.deepcopy(BASE)
+    raw["analyses"] = {"anatomy": {}}
+    with_anatomy = load_study(raw).hash
+    raw["analyses"] = {"anatomy": {"adapters": ["r8-all"]}}
+    assert len({plain, with_anatomy, load_study(raw).hash}) == 3
+
+
+def test_final_splits_evaluate_the_last_checkpoint_only():
+    from lorascope.plan import CHECKPOINTS, evaluation_jobs
+
+    raw = copy.deepcopy(BASE)
+    raw["evaluation"] = {"splits": ["validation"], "final_splits": ["dl19", "validation"]}
+    study = load_study(raw)
+    assert study.evaluation.final_splits == ("dl19",)  # validation already has every step
+    curves = [(j.adapter, j.step, j.split) for j in evaluation_jobs(study) if j.sweep == CHECKPOINTS]
+    expected = []
+    for adapter in ("r1-all", "r8-all"):
+        expected += [(adapter, 5, "validation"), (adapter, 10, "validation"), (adapter, 10, "dl19")]
+    assert curves == expected

@@ -188,7 +188,165 @@ def test_params_checks() -> None:
         EvalSettings.from_params({**base, "significance": {"test": "sign"}})
     with pytest.raises(ValueError, match="duplicate ablation names"):
         EvalSettings.from_params({**base, "ablations": base["ablations"] * 2})
-    with pytest.raises(ValueError, match="'full' must zero nothing"):
+    with pytest.raises(ValueError, match="'full' must zero and truncate nothing"):
         EvalSettings.from_params({**base, "ablations": [{"name": "full", "zeroed": [[0, "q"]]}]})
     with pytest.raises(ValueError, match="unknown keys"):
         EvalSettings.from_params({**base, "scoring": {"batch_size": 8}})
+
+
+# --------------------------------------------------------------------------- svd sweeps
+
+
+@pytest.fixture(scope="module")
+def compressed(setup) -> dict:
+    """An `svd` sweep (ranks 4, 2, 1 of a rank-4 adapter: 4 is skipped) through evaluate."""
+    from lorascope.evaluate import evaluate
+
+    ablations = resolve_sweep("compression", {"generate": "svd", "ranks": [4, 2, 1]},
+                              num_layers=2, arch_roles=roles_for("llama"), rank=4)
+    params = {**setup["params"], "sweep": "compression",
+              "ablations": [a.to_params() for a in ablations]}
+    scores, metrics_path, summary = outputs(setup["root"], "svd")
+    evaluate(params, setup["base"], setup["adapter"], setup["split"], scores, metrics_path,
+             summary, progress=False)
+    by_ablation: dict[str, dict] = {}
+    for row in read_table(scores, SCORES).to_pylist():
+        by_ablation.setdefault(row["ablation"], {})[(row["qid"], row["docid"])] = row["score"]
+    return {"params": params, "scores": by_ablation,
+            "summary": json.loads(summary.read_text())}
+
+
+def test_svd_sweep_scores_truncated_adapters(setup, compressed) -> None:
+    """svd_r<k> equals scoring the adapter truncated in place independently, bitwise."""
+    from lorascope.scoring import PreparedPairs
+    from lorascope.switching import lora_modules, truncated
+
+    scores = compressed["scores"]
+    assert list(scores) == ["full", "svd_r2", "svd_r1"]
+    model, tokenizer, arch = load_adapted(setup["base"], setup["adapter"])
+    prepared = PreparedPairs.build(tokenizer, arch, setup["queries"], setup["candidates"],
+                                   max_length=64, batch_tokens=256)
+    assert scores["full"] == prepared.score(model, progress=False)
+    for rank in (2, 1):
+        with truncated(model, arch, set(lora_modules(model, arch)), rank):
+            expected = prepared.score(model, progress=False)
+        assert scores[f"svd_r{rank}"] == expected
+        assert max(abs(expected[k] - scores["full"][k]) for k in expected) > 1e-3
+
+
+def test_svd_sweep_summary(compressed) -> None:
+    entries = compressed["summary"]["ablations"]
+    assert entries["full"]["truncate_rank"] is None and entries["full"]["energy_kept"] is None
+    assert entries["svd_r2"]["truncate_rank"] == 2 and entries["svd_r1"]["truncate_rank"] == 1
+    assert 0 < entries["svd_r1"]["energy_kept"] < entries["svd_r2"]["energy_kept"] < 1
+    for name in ("svd_r2", "svd_r1"):
+        assert entries[name]["zeroed_modules"] == 0
+        for m in MEASURES:
+            assert 0.0 <= entries[name]["p_value"][m] <= entries[name]["p_adjusted"][m] <= 1.0
+
+
+def test_broken_truncation_restore_is_caught(setup, compressed, tmp_path, monkeypatch) -> None:
+    """A truncation that leaves the factors truncated fails the reproduction check."""
+    import torch
+
+    from lorascope import switching
+    from lorascope.compression import truncate_factors
+    from lorascope.evaluate import ReproductionError, evaluate
+
+    @contextmanager
+    def leaky(model, arch, modules, rank):
+        table = switching.lora_modules(model, arch)
+        with torch.no_grad():
+            for key in modules:
+                layer = table[key]
+                a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                a_k, b_k, _ = truncate_factors(a, b, rank)
+                a.copy_(a_k)
+                b.copy_(b_k)
+        yield {key: 0.5 for key in modules}
+
+    monkeypatch.setattr(switching, "truncated", leaky)
+    out = outputs(tmp_path, "x")
+    with pytest.raises(ReproductionError, match="re-scoring 'full' after the sweep changed"):
+        evaluate(compressed["params"], setup["base"], setup["adapter"], setup["split"], *out,
+                 progress=False)
+    assert not any(p.exists() for p in out)
+
+
+def test_params_refuse_a_truncated_full() -> None:
+    from lorascope.evaluate import EvalSettings
+
+    with pytest.raises(ValueError, match="'full' must zero and truncate nothing"):
+        EvalSettings.from_params({"metrics": ["nDCG@10"], "ablations": [
+            {"name": "full", "zeroed": [], "truncate_rank": 2}]})
+
+
+# --------------------------------------------------------------------------- reproduction check
+
+
+def test_reproduction_batches() -> None:
+    from lorascope.evaluate import reproduction_batches
+
+    plan = [[0, 1], [2, 3, 4], [5]]
+    assert reproduction_batches(plan, 1) == 1
+    assert reproduction_batches(plan, 3) == 2
+    assert reproduction_batches(plan, 5) == 2
+    assert reproduction_batches(plan, 6) == 3
+    assert reproduction_batches(plan, 100) == 3
+
+
+@pytest.fixture(scope="module")
+def hundred(setup) -> dict:
+    """100 pairs in small batches: more than the check's 64."""
+    from lorascope.scoring import PreparedPairs
+
+    model, tokenizer, arch = load_adapted(setup["base"], setup["adapter"])
+    queries, candidates = toy_pairs(n_queries=10, per_query=10, seed=9)
+    prepared = PreparedPairs.build(tokenizer, arch, queries, candidates, max_length=64,
+                                   batch_tokens=256)
+    return {"model": model, "arch": arch, "prepared": prepared,
+            "first": prepared.score(model, progress=False)}
+
+
+def test_first_batches_are_bitwise_the_full_pass(hundred) -> None:
+    prepared, first = hundred["prepared"], hundred["first"]
+    assert len(prepared.batches) > 4
+    subset = prepared.score(hundred["model"], progress=False, first_batches=3)
+    indices = [i for batch in prepared.batches[:3] for i in batch]
+    assert list(subset) == [prepared.keys[i] for i in sorted(indices)]
+    assert subset == {k: first[k] for k in subset}
+    assert prepared.last_stats.pairs == len(indices) and prepared.last_stats.batches == 3
+    with pytest.raises(ValueError, match="batches or first_batches"):
+        prepared.score(hundred["model"], progress=False, batches=[[0]], first_batches=1)
+
+
+def test_reproduction_check_scores_the_first_64_pairs(hundred, caplog) -> None:
+    import logging
+
+    from lorascope.evaluate import REPRODUCTION_PAIRS, _check_reproduction
+
+    prepared = hundred["prepared"]
+    with caplog.at_level(logging.INFO, logger="lorascope.evaluate"):
+        _check_reproduction(prepared, hundred["model"], "cpu", hundred["first"],
+                            prepared.plan_version)
+    checked = prepared.last_stats.pairs
+    assert REPRODUCTION_PAIRS <= checked < len(prepared)
+    assert f"bitwise after the sweep on {checked} of {len(prepared)} pairs" in caplog.text
+
+
+def test_reproduction_check_catches_a_leaked_switch(hundred) -> None:
+    """A module left switched off changes the checked scores: caught on the first batches."""
+    from lorascope.evaluate import ReproductionError, _check_reproduction
+    from lorascope.switching import lora_modules
+
+    model, prepared = hundred["model"], hundred["prepared"]
+    layer = lora_modules(model, hundred["arch"])[(1, "down")]
+    layer.enable_adapters(False)
+    try:
+        with pytest.raises(ReproductionError, match=r"changed \d+ of the \d+ scores checked"):
+            _check_reproduction(prepared, model, "cpu", hundred["first"],
+                                prepared.plan_version)
+    finally:
+        layer.enable_adapters(True)
+        for param in layer.parameters():
+            param.requires_grad_(False)

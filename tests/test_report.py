@@ -69,7 +69,8 @@ def sweep_full(model: str, adapter: str, split: str, measure: str, models) -> fl
 
 
 def _row(**kw):
-    base = {"model": "", "adapter": "", "rank": 0, "targets": "", "step": 0, "sweep": "",
+    base = {"model": "", "adapter": "", "rank": 0, "targets": "", "variant": "", "step": 0,
+            "sweep": "",
             "split": "", "ablation": "", "measure": "", "value": None, "delta": None,
             "p_value": None, "p_adjusted": None, "significant": False, "queries": 43}
     base.update(kw)
@@ -402,16 +403,19 @@ def test_provenance_block(rendered):
 
 
 def test_boundary_choice():
-    assert choose_boundary({0: 0.4, 1: 0.6, 2: 0.6, 3: 0.58}) == 1
-    assert choose_boundary({}) is None
+    # lorascope.boundary.select_boundary's rule: the best value, ties to the smallest b
+    assert choose_boundary({0: 0.4, 1: 0.6, 2: 0.6, 3: 0.58}, "nDCG@10", 4) == 1
+    assert choose_boundary({0: 0.4, 1: 0.5, 2: 0.55, 3: 0.58}, "nDCG@10", 4) == 3
+    assert choose_boundary({0: 0.4, 1: 0.6}, "nDCG@10", 4) is None  # no full-adapter point
+    assert choose_boundary({}, "nDCG@10", 4) is None
 
 
 def test_boundary_figure_caption(rendered):
     out, _ = rendered
     md = (out / "report.md").read_text()
     # ties (b = 1 and b = 2 both 0.60 on validation) go to the smallest b
-    assert "Alpha_7B #1: b = 1 of 3 (validation 0.6000 vs full 0.5800; DL19 0.4580" in md
-    assert "Tiny-NeoX 50%: b = 2 of 2 (validation" in md  # the full adapter is best
+    assert "Alpha_7B #1: b = 1 of 4 layers (validation 0.6000 vs full 0.5800; DL19 0.4580" in md
+    assert "Tiny-NeoX 50%: b = 2 of 3 layers (validation" in md  # the full adapter is best
 
 
 # ------------------------------------------------------------------------------- formats

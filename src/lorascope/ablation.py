@@ -26,7 +26,17 @@ the reproduction check. Generators (each produces only ablations that differ fro
 * ``each_layer``: ``drop_layer_{i:02d}`` zeroes every trained module of layer ``i``;
 * ``each_layer_role``: ``drop_layer_{i:02d}_{role}`` for every trained (layer, role);
 * ``boundary``: ``keep_layers_0_{b:02d}`` keeps layers ``0..b`` for ``b = 0..L-2``
-  (``b = L-1`` is ``full``) - the automated boundary-layer search of Chen et al.
+  (``b = L-1`` is ``full``) - the automated boundary-layer search of Chen et al.;
+* ``svd``: ``svd_r{k}`` for every ``k`` of the sweep's ``ranks`` below the adapter's LoRA
+  rank (ranks at or above it are skipped): nothing is zeroed, every trained module's update
+  ``s·B·A`` is replaced by its best rank-k approximation (post-hoc SVD rank compression,
+  :mod:`lorascope.compression`), in place. Needs ``rank=`` (the adapter's ``r``)::
+
+      sweeps:
+        compression: {generate: svd, ranks: [4, 2, 1]}
+
+An ablation may thus carry a *transform* besides its zeroed set: ``truncate_rank`` (every
+LoRA module of the adapter that is not zeroed is truncated to that rank).
 
 This module is pure Python (no torch): the workflow resolves sweeps at DAG-build time, so that
 a bad spec stops the run before any job starts, with an error naming the config key.
@@ -46,10 +56,10 @@ from lorascope.roles import ArchitectureRoles
 log = logging.getLogger(__name__)
 
 FULL = "full"
-GENERATORS = ("each_layer", "each_layer_role", "boundary")
+GENERATORS = ("each_layer", "each_layer_role", "boundary", "svd")
 SELECTOR_KEYS = ("component", "layers", "roles")
 SPEC_KEYS = ("keep", "drop")
-SWEEP_KEYS = ("ablations", "generate")
+SWEEP_KEYS = ("ablations", "generate", "ranks")
 COMPONENTS = ("attn", "mlp")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -68,25 +78,33 @@ class Ablation:
     Attributes:
         name: unique within the sweep; ``full`` is the unablated adapter.
         zeroed: the ``(layer, role)`` LoRA modules whose update is zeroed.
+        truncate_rank: when set, every other LoRA module's update is replaced by its best
+            rank-``truncate_rank`` approximation (SVD; see :mod:`lorascope.compression`).
     """
 
     name: str
     zeroed: frozenset[Module]
+    truncate_rank: int | None = None
 
     @property
     def is_full(self) -> bool:
-        """Whether nothing is zeroed."""
-        return not self.zeroed
+        """Whether the adapter is used as trained (nothing zeroed, nothing truncated)."""
+        return not self.zeroed and self.truncate_rank is None
 
     def to_params(self, role_order: Sequence[str] | None = None) -> dict[str, Any]:
-        """Plain builtins for Snakemake ``params`` / JSON: ``{name, zeroed: [[layer, role]]}``.
+        """Plain builtins for Snakemake ``params`` / JSON: ``{name, zeroed: [[layer, role]]}``,
+        plus ``truncate_rank`` only when it is set (so zeroing ablations serialise as before).
 
         ``zeroed`` is sorted by layer, then by ``role_order`` (alphabetical when not given),
         so that the same ablation always serialises identically.
         """
         order = {r: i for i, r in enumerate(role_order or ())}
         ordered = sorted(self.zeroed, key=lambda m: (m[0], order.get(m[1], len(order)), m[1]))
-        return {"name": self.name, "zeroed": [[layer, role] for layer, role in ordered]}
+        out: dict[str, Any] = {"name": self.name,
+                               "zeroed": [[layer, role] for layer, role in ordered]}
+        if self.truncate_rank is not None:
+            out["truncate_rank"] = self.truncate_rank
+        return out
 
     @classmethod
     def from_params(cls, value: Mapping[str, Any]) -> Ablation:
@@ -106,7 +124,16 @@ class Ablation:
                     f"ablation {name!r}: each zeroed module must be [layer, role], got {pair!r}"
                 )
             zeroed.add((int(pair[0]), pair[1]))
-        return cls(str(name), frozenset(zeroed))
+        rank = value.get("truncate_rank")
+        if rank is not None and (not _is_int(rank) or rank < 1):
+            raise AblationError(
+                f"ablation {name!r}: truncate_rank must be a positive int, got {rank!r}"
+            )
+        unknown = sorted(set(value) - {"name", "zeroed", "truncate_rank"})
+        if unknown:
+            raise AblationError(f"ablation {name!r}: unknown key {unknown[0]!r} "
+                                "(an ablation has: name, zeroed, truncate_rank)")
+        return cls(str(name), frozenset(zeroed), rank)
 
 
 # --------------------------------------------------------------------------- layers
@@ -364,13 +391,46 @@ def _generate(kind: str, model: _Model) -> list[Ablation]:
         for b in range(model.num_layers - 1):
             zeroed = frozenset(m for m in trained if m[0] > b)
             out.append(Ablation(f"keep_layers_0_{b:02d}", zeroed))
-    else:  # pragma: no cover - checked by the caller
+    else:  # pragma: no cover - checked by the caller (svd: _generate_svd)
         raise AssertionError(kind)
     kept = [a for a in out if a.zeroed]
     if len(kept) < len(out):
         log.debug("generator %s: skipped %d ablations that zero nothing trained", kind,
                   len(out) - len(kept))
     return kept
+
+
+def _svd_ranks(spec: Mapping[str, Any], where: str, uses_svd: bool) -> list[int]:
+    """The sweep's ``ranks`` list, checked: required by ``generate: svd``, used by nothing else."""
+    ranks = spec.get("ranks")
+    if not uses_svd:
+        if ranks is not None:
+            raise AblationError(f"{where}.ranks is only read by 'generate: svd', which this "
+                                "sweep does not use")
+        return []
+    if ranks is None:
+        raise AblationError(f"{where}: 'generate: svd' needs 'ranks' (e.g. ranks: [4, 2, 1])")
+    if (not isinstance(ranks, list) or not ranks
+            or not all(_is_int(k) and k >= 1 for k in ranks)):
+        raise AblationError(f"{where}.ranks must be a non-empty list of positive ints, "
+                            f"got {ranks!r}")
+    if len(set(ranks)) < len(ranks):
+        raise AblationError(f"{where}.ranks names a rank twice: {ranks}")
+    return list(ranks)
+
+
+def _generate_svd(ranks: Sequence[int], rank: int | None, where: str) -> list[Ablation]:
+    """``svd_r{k}`` for every configured ``k`` below the adapter's rank, in config order."""
+    if rank is None:
+        raise AblationError(f"{where}.generate: svd needs the adapter's LoRA rank to skip "
+                            "ranks at or above it (resolve_sweep(..., rank=r))")
+    if not _is_int(rank) or rank < 1:
+        raise AblationError(f"{where}: the adapter's LoRA rank must be a positive int, "
+                            f"got {rank!r}")
+    skipped = [k for k in ranks if k >= rank]
+    if skipped:
+        log.debug("%s: svd skips ranks %s (the adapter has rank %d)", where, skipped, rank)
+    return [Ablation(f"svd_r{k}", frozenset(), k) for k in ranks if k < rank]
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -383,17 +443,22 @@ def resolve_sweep(
     num_layers: int,
     arch_roles: Sequence[str] | ArchitectureRoles,
     trained: Collection[Module] | None = None,
+    rank: int | None = None,
 ) -> list[Ablation]:
     """The ablations of one sweep, ``full`` first, then named ones, then generated ones.
 
     Args:
         sweep_name: the sweep's key under ``sweeps`` (used in error messages).
-        sweep_spec: ``{ablations: {name: spec}, generate: kind | [kinds]}`` (both optional).
+        sweep_spec: ``{ablations: {name: spec}, generate: kind | [kinds], ranks: [k, ...]}``
+            (all optional; ``ranks`` goes with, and only with, ``generate: svd``).
         num_layers: the model's depth.
         arch_roles: the architecture's role names (or its :class:`ArchitectureRoles`, which
             also names the architecture in errors).
         trained: the ``(layer, role)`` modules the adapter has LoRA on; default: all layers
             times all roles.
+        rank: the adapter's LoRA rank ``r``; needed by ``generate: svd`` only (its ranks at or
+            above ``r`` are skipped). :func:`lorascope.compression.adapter_rank` reads it from
+            an adapter directory; at DAG-build time it is the config's adapter rank.
 
     Raises:
         AblationError: naming the config key, e.g.
@@ -456,7 +521,11 @@ def resolve_sweep(
             raise AblationError(
                 f"{where}.generate: unknown generator {kind!r} (known: {', '.join(GENERATORS)})"
             )
-        for ablation in _generate(kind, model):
+    ranks = _svd_ranks(spec, where, "svd" in kinds)
+    for kind in kinds:
+        generated = (_generate_svd(ranks, rank, where) if kind == "svd"
+                     else _generate(kind, model))
+        for ablation in generated:
             add(ablation, f"{where}.generate.{kind}")
     return result
 
@@ -467,10 +536,11 @@ def resolve_sweeps(
     num_layers: int,
     arch_roles: Sequence[str] | ArchitectureRoles,
     trained: Collection[Module] | None = None,
+    rank: int | None = None,
 ) -> dict[str, list[Ablation]]:
     """:func:`resolve_sweep` for every sweep of a ``sweeps`` mapping, in config order."""
     return {
         name: resolve_sweep(name, spec, num_layers=num_layers, arch_roles=arch_roles,
-                            trained=trained)
+                            trained=trained, rank=rank)
         for name, spec in sweeps.items()
     }

@@ -85,11 +85,61 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary)
 
 
+def _steps(values: Sequence[str]) -> dict[int, str]:
+    """``STEP=DIR`` arguments as ``{step: dir}``."""
+    out: dict[int, str] = {}
+    for value in values:
+        step, sep, path = value.partition("=")
+        if not sep or not step.isdigit():
+            raise ValueError(f"--adapter {value!r}: expected STEP=DIR, e.g. 100=results/.../step-100")
+        out[int(step)] = path
+    return out
+
+
+def _anatomy(args: argparse.Namespace) -> None:
+    from lorascope.anatomy import anatomy
+
+    anatomy(args.params, _steps(args.adapter), args.out, base_dir=args.base)
+
+
+def _lens(args: argparse.Namespace) -> None:
+    from lorascope.lens import lens
+
+    lens(args.params, args.base, _steps(args.adapter), args.split_dir, args.out, args.summary,
+         out_per_query=args.per_query)
+
+
+def _prune_boundary(args: argparse.Namespace) -> None:
+    from lorascope.boundary import prune
+
+    prune(args.params, args.boundary_summary, args.adapter, args.base, args.out)
+
+
+def _compare_boundary(args: argparse.Namespace) -> None:
+    from lorascope.boundary import compare
+
+    compare(args.params, args.base, args.adapter, args.pruned, args.split_dir, args.scores,
+            args.metrics, args.summary)
+
+
+def _export_compressed(args: argparse.Namespace) -> None:
+    from lorascope.compression import export_compressed
+
+    export_compressed(args.adapter, args.out, args.rank, params=args.params)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorascope", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (the rule's threads)"
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs this job may use (the rule's gpu resource): sets CUDA_VISIBLE_DEVICES to "
+        "free devices unless a scheduler already did (see lorascope.devices)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -143,6 +193,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--summary", required=True)
+
+    p = add("anatomy", _anatomy, "LoRA update anatomy (norms, spectra) of every checkpoint of a run.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
+                   help="an extracted checkpoint (repeat for every step)")
+    p.add_argument("--base", help="base model directory (DoRA magnitude shifts)")
+    p.add_argument("--out", required=True, help="anatomy Parquet")
+
+    p = add("lens", _lens, "Relevance lens: the score head read out at every layer, per checkpoint.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
+                   help="an extracted checkpoint (repeat for every step)")
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--out", required=True, help="lens Parquet (mean per step x layer x measure)")
+    p.add_argument("--per-query", help="per-query lens Parquet")
+    p.add_argument("--summary", required=True)
+
+    p = add("prune-boundary", _prune_boundary,
+            "Choose the boundary layer b on a boundary sweep and export the adapter pruned to 0..b.")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--boundary-summary", nargs="+", required=True,
+                   help="summary.json of the boundary sweep (one per selection split)")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True, help="pruned adapter directory")
+
+    p = add("compare-boundary", _compare_boundary,
+            "Score a test split with the full and the boundary-pruned adapter (unmerged, timed).")
+    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--pruned", required=True)
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--summary", required=True)
+
+    p = add("export-compressed", _export_compressed,
+            "Export an adapter truncated by SVD to a lower rank (a plain peft adapter).")
+    p.add_argument("--params", type=_params, default=None)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--out", required=True)
     return parser
 
 
@@ -161,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.gpus is not None:  # before anything imports torch
+            from lorascope.devices import claim
+
+            claim(args.gpus)
         args.func(args)
     except Exception as err:
         # Bad input (lorascope's own errors, bad values, missing files): one clear line.

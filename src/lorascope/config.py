@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from lorascope import variants
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 EMBEDDED_DATASETS = ("dl19", "dl20", "dl21")
@@ -159,6 +162,12 @@ class Split:
 
 @dataclass(frozen=True)
 class LoraSettings:
+    """LoRA settings shared by a model's adapters.
+
+    ``rslora`` and ``dora`` are the defaults of adapters that set no ``variant`` of their
+    own; an adapter's ``variant`` replaces them (see :class:`Adapter`).
+    """
+
     alpha: float
     dropout: float
     rslora: bool
@@ -167,15 +176,48 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class Adapter:
-    """One LoRA run setup; its name is the {adapter} wildcard: r<rank>-<targets>."""
+    """One LoRA run setup; its name is the {adapter} wildcard.
+
+    Attributes:
+        rank: LoRA rank r.
+        targets: ``all``/``attn``/``mlp`` or a tuple of roles.
+        targets_name: the targets' part of the name.
+        variant: the LoRA variant(s) trained, canonical (sorted, see
+            :func:`lorascope.variants.canonical`); ``()`` = plain LoRA. When the adapter's
+            config entry has a ``variant`` key it is exactly that (the study-wide
+            ``training.lora.dora/rslora`` booleans do not add to it); otherwise it comes from
+            those booleans.
+        variant_in_name: the variant was given on the adapter itself, so the name carries it:
+            ``r<rank>-<targets>-<variant>`` (``r8-all-dora_rslora``); adapters following the
+            booleans keep the name ``r<rank>-<targets>``.
+    """
 
     rank: int
     targets: str | tuple[str, ...]
     targets_name: str
+    variant: tuple[str, ...] = ()
+    variant_in_name: bool = False
 
     @property
     def name(self) -> str:
-        return f"r{self.rank}-{self.targets_name}"
+        base = f"r{self.rank}-{self.targets_name}"
+        if self.variant_in_name and self.variant:
+            return f"{base}-{variants.label(self.variant)}"
+        return base
+
+    @property
+    def init(self) -> str:
+        """Initialisation of A and B: ``default``, ``pissa``, ``olora`` or ``eva``."""
+        return variants.init_of(self.variant)
+
+    @property
+    def converted_at_extraction(self) -> bool:
+        """Extracted as a rank-2r LoRA delta on the original base (PiSSA/OLoRA)."""
+        return self.init in variants.BASE_MUTATING
+
+    def train_fields(self) -> dict[str, Any]:
+        """``use_dora``, ``use_rslora`` (and ``init`` unless default) for ``TrainSettings``."""
+        return variants.train_fields(self.variant)
 
 
 @dataclass(frozen=True)
@@ -225,16 +267,28 @@ class Convergence:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """``splits``: every checkpoint is evaluated on them; ``final_splits``: the last
+    checkpoint only (none of them is also in ``splits``)."""
+
     metrics: tuple[str, ...]
     splits: tuple[str, ...]
+    final_splits: tuple[str, ...]
     batch_tokens: int
     significance: Significance
     convergence: Convergence
 
 
+#: The sweep generator of post-hoc SVD rank compression (one entry per rank: svd_r<k>).
+SVD_GENERATOR = "svd"
+
+
 @dataclass(frozen=True)
 class Sweep:
-    """Ablations of one checkpoint (``step``: an int or 'last') of chosen models/adapters."""
+    """Ablations of one checkpoint (``step``: an int or 'last') of chosen models/adapters.
+
+    ``ranks`` (with ``generate: svd`` only): the ranks each adapter is compressed to, in the
+    config's order; ranks at or above an adapter's own rank are skipped for that adapter.
+    """
 
     name: str
     adapters: tuple[str, ...] | None
@@ -243,13 +297,63 @@ class Sweep:
     splits: tuple[str, ...]
     generate: str | None
     ablations: Mapping[str, Any]
+    ranks: tuple[int, ...] | None = None
 
     def spec(self) -> dict[str, Any]:
         """The declarative part that :func:`lorascope.ablation.resolve_sweep` reads."""
         out: dict[str, Any] = {"ablations": copy.deepcopy(dict(self.ablations))}
         if self.generate:
             out["generate"] = self.generate
+        if self.ranks is not None:
+            out["ranks"] = list(self.ranks)
         return out
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The models and adapters an analysis covers (``None`` = every one)."""
+
+    models: tuple[str, ...] | None
+    adapters: tuple[str, ...] | None
+
+    def selects(self, model: Model) -> list[str]:
+        """The names of ``model``'s adapters this analysis covers (``[]``: not this model)."""
+        if self.models is not None and model.name not in self.models:
+            return []
+        names = [a.name for a in model.training.adapters]
+        return names if self.adapters is None else [n for n in names if n in self.adapters]
+
+
+@dataclass(frozen=True)
+class BoundaryAnalysis:
+    """Boundary-layer pruning: choose b on a ``generate: boundary`` sweep, compare the pruned
+    adapter (LoRA on layers 0..b only) with the full one on the test ``splits``."""
+
+    sweep: str
+    measure: str
+    splits: tuple[str, ...]
+    selection_split: str
+
+
+@dataclass(frozen=True)
+class LensAnalysis(_Selection):
+    """Relevance lens per layer of the base model and of every checkpoint, on ``splits``."""
+
+    splits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnatomyAnalysis(_Selection):
+    """LoRA update anatomy per (layer, role): Frobenius and spectral norm, effective rank."""
+
+
+@dataclass(frozen=True)
+class Analyses:
+    """The optional analyses of the study; each is ``None`` when its config key is absent."""
+
+    boundary: BoundaryAnalysis | None = None
+    lens: LensAnalysis | None = None
+    anatomy: AnatomyAnalysis | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +369,7 @@ class Study:
     models: Mapping[str, Model]
     sweeps: Mapping[str, Sweep]
     raw: Mapping[str, Any] = field(repr=False)
+    analyses: Analyses = field(default_factory=Analyses)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -285,12 +390,63 @@ MODEL_SOURCES = ("hub", "path", "package", "gguf", "tiny")
 
 
 def _check_increasing(steps: Sequence[int], key: str) -> None:
-    for before, after in zip(steps, steps[1:]):
+    for before, after in itertools.pairwise(steps):
         if after <= before:
             raise ConfigError(
                 f"config key '{key}': checkpoint steps must be strictly increasing, "
                 f"got {list(steps)} ({after} after {before})"
             )
+
+
+def _adapter_variant(
+    group: Mapping[str, Any], lora: LoraSettings, key: str
+) -> tuple[tuple[str, ...], bool]:
+    """An adapter group's canonical variant and whether it was given on the group itself."""
+    if "variant" not in group:
+        return variants.from_flags(dora=lora.dora, rslora=lora.rslora), False
+    try:
+        return variants.canonical(group["variant"]), True
+    except variants.VariantError as err:
+        raise ConfigError(f"config key '{key}.variant': {err}") from err
+
+
+def _parse_adapters(
+    groups: Sequence[Mapping[str, Any]], lora: LoraSettings, quantize_4bit: bool, key: str
+) -> tuple[Adapter, ...]:
+    adapters: list[Adapter] = []
+    for i, group in enumerate(groups):
+        gkey = f"{key}.adapters[{i}]"
+        targets = group["targets"]
+        if isinstance(targets, list):
+            if "name" not in group:
+                raise ConfigError(f"config key '{gkey}.name': a role list {targets} needs a name")
+            targets_name, targets = group["name"], tuple(targets)
+        else:
+            targets_name = group.get("name", targets)
+        variant, in_name = _adapter_variant(group, lora, gkey)
+        init = variants.init_of(variant)
+        if quantize_4bit and init in variants.BASE_MUTATING:
+            raise ConfigError(
+                f"config key '{gkey}.variant': {init} moves part of each base weight into the "
+                f"adapter, which a 4-bit base cannot hold exactly; set {key}.quantize_4bit: "
+                "false or choose another variant"
+            )
+        adapters.extend(Adapter(r, targets, targets_name, variant, in_name) for r in group["ranks"])
+    names = [a.name for a in adapters]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"config key '{key}.adapters': adapter {dupes[0]!r} is listed twice")
+    runs: dict[tuple[Any, ...], str] = {}
+    for adapter in adapters:
+        run = (adapter.rank, adapter.targets, adapter.variant)
+        if run in runs:
+            raise ConfigError(
+                f"config key '{key}.adapters': adapters {runs[run]!r} and {adapter.name!r} are "
+                f"the same run (variant {list(adapter.variant) or ['lora']}, with "
+                f"{key}.lora.dora={lora.dora} and rslora={lora.rslora} as the default)"
+            )
+        runs[run] = adapter.name
+    return tuple(adapters)
 
 
 def _parse_training(raw: Mapping[str, Any], key: str) -> Training:
@@ -305,22 +461,8 @@ def _parse_training(raw: Mapping[str, Any], key: str) -> Training:
             f"config key '{key}.decay_steps': {raw['decay_steps']} ends before the last "
             f"checkpoint step {raw['steps'][-1]}"
         )
-    adapters: list[Adapter] = []
-    for i, group in enumerate(raw["adapters"]):
-        targets = group["targets"]
-        if isinstance(targets, list):
-            if "name" not in group:
-                raise ConfigError(
-                    f"config key '{key}.adapters[{i}].name': a role list {targets} needs a name"
-                )
-            targets_name, targets = group["name"], tuple(targets)
-        else:
-            targets_name = group.get("name", targets)
-        adapters.extend(Adapter(r, targets, targets_name) for r in group["ranks"])
-    names = [a.name for a in adapters]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"config key '{key}.adapters': adapter {dupes[0]!r} is listed twice")
+    lora = LoraSettings(**raw["lora"])
+    adapters = _parse_adapters(raw["adapters"], lora, raw["quantize_4bit"], key)
     return Training(
         adapters=tuple(adapters),
         steps=tuple(raw["steps"]),
@@ -336,7 +478,7 @@ def _parse_training(raw: Mapping[str, Any], key: str) -> Training:
         precision=raw["precision"],
         gradient_checkpointing=raw["gradient_checkpointing"],
         quantize_4bit=raw["quantize_4bit"],
-        lora=LoraSettings(**raw["lora"]),
+        lora=lora,
     )
 
 
@@ -499,9 +641,12 @@ def _parse_evaluation(raw: Mapping[str, Any], splits: Mapping[str, Split]) -> Ev
             f"config key 'evaluation.convergence.measure': {conv['measure']!r} is not one of "
             f"evaluation.metrics ({', '.join(raw['metrics'])})"
         )
+    _check_split_names(raw["final_splits"], splits, "evaluation.final_splits")
+    final = tuple(n for n in raw["final_splits"] if n not in names)
     return Evaluation(
         metrics=tuple(raw["metrics"]),
         splits=tuple(names),
+        final_splits=final,
         batch_tokens=raw["batch_tokens"],
         significance=Significance(**raw["significance"]),
         convergence=Convergence(split=split, measure=conv["measure"], epsilon=conv["epsilon"]),
@@ -519,19 +664,18 @@ def _parse_sweep(
             f"config key '{key}.ablations.full': the name 'full' is reserved (the unablated "
             "adapter every sweep includes)"
         )
-    for i, model in enumerate(raw["models"] or []):
-        if model not in models:
-            raise ConfigError(
-                f"config key '{key}.models[{i}]': unknown model {model!r} (models: {', '.join(models)})"
-            )
-    chosen = [models[m] for m in (raw["models"] or models)]
-    for i, adapter in enumerate(raw["adapters"] or []):
-        if not any(adapter in {a.name for a in m.training.adapters} for m in chosen):
-            known = sorted({a.name for m in chosen for a in m.training.adapters})
-            raise ConfigError(
-                f"config key '{key}.adapters[{i}]': no model trains adapter {adapter!r} "
-                f"(adapters: {', '.join(known)})"
-            )
+    chosen = _check_selection(raw["models"], raw["adapters"], models, key)
+    generate = raw.get("generate")
+    if generate == SVD_GENERATOR and "ranks" not in raw:
+        raise ConfigError(
+            f"config key '{key}.ranks': generate: {SVD_GENERATOR} needs the ranks to compress "
+            "to (e.g. ranks: [4, 2, 1])"
+        )
+    if generate != SVD_GENERATOR and "ranks" in raw:
+        raise ConfigError(
+            f"config key '{key}.ranks': ranks belong to generate: {SVD_GENERATOR} "
+            f"(this sweep has generate: {generate})"
+        )
     if raw["step"] != "last":
         for m in chosen:
             if raw["step"] not in m.training.steps:
@@ -547,9 +691,91 @@ def _parse_sweep(
         models=tuple(raw["models"]) if raw["models"] is not None else None,
         step=raw["step"],
         splits=tuple(names),
-        generate=raw.get("generate"),
+        generate=generate,
         ablations=copy.deepcopy(raw["ablations"]),
+        ranks=tuple(raw["ranks"]) if "ranks" in raw else None,
     )
+
+
+def _check_selection(
+    model_names: Sequence[str] | None,
+    adapter_names: Sequence[str] | None,
+    models: Mapping[str, Model],
+    key: str,
+) -> list[Model]:
+    """The models a ``models``/``adapters`` selection covers; unknown names are errors."""
+    for i, model in enumerate(model_names or []):
+        if model not in models:
+            raise ConfigError(
+                f"config key '{key}.models[{i}]': unknown model {model!r} (models: {', '.join(models)})"
+            )
+    chosen = [models[m] for m in (model_names or models)]
+    for i, adapter in enumerate(adapter_names or []):
+        if not any(adapter in {a.name for a in m.training.adapters} for m in chosen):
+            known = sorted({a.name for m in chosen for a in m.training.adapters})
+            raise ConfigError(
+                f"config key '{key}.adapters[{i}]': no model trains adapter {adapter!r} "
+                f"(adapters: {', '.join(known)})"
+            )
+    return chosen
+
+
+def _names(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+def _parse_analyses(
+    raw: Mapping[str, Any],
+    splits: Mapping[str, Split],
+    evaluation: Evaluation,
+    models: Mapping[str, Model],
+    sweeps: Mapping[str, Sweep],
+) -> Analyses:
+    boundary = lens = anatomy = None
+    if "boundary" in raw:
+        spec, key = raw["boundary"], "analyses.boundary"
+        sweep = sweeps.get(spec["sweep"])
+        if sweep is None:
+            known = [s.name for s in sweeps.values() if s.generate == "boundary"]
+            raise ConfigError(
+                f"config key '{key}.sweep': unknown sweep {spec['sweep']!r} "
+                f"(boundary sweeps: {', '.join(known) or 'none'})"
+            )
+        if sweep.generate != "boundary":
+            raise ConfigError(
+                f"config key '{key}.sweep': sweep {sweep.name!r} is not a boundary sweep "
+                f"(it needs generate: boundary, has generate: {sweep.generate})"
+            )
+        measure = spec["measure"] or evaluation.convergence.measure
+        if measure not in evaluation.metrics:
+            raise ConfigError(
+                f"config key '{key}.measure': {measure!r} is not one of evaluation.metrics "
+                f"({', '.join(evaluation.metrics)})"
+            )
+        names = spec["splits"]
+        if names is None:
+            selection = evaluation.convergence.split
+            names = [s for s in splits if s != selection] or [selection]
+        _check_split_names(names, splits, f"{key}.splits")
+        chooser = spec["selection_split"] or evaluation.convergence.split
+        if chooser not in sweep.splits:
+            raise ConfigError(
+                f"config key '{key}.selection_split': b is chosen on split {chooser!r}, which "
+                f"sweep {sweep.name!r} does not evaluate (its splits: {', '.join(sweep.splits)})"
+            )
+        boundary = BoundaryAnalysis(sweep=sweep.name, measure=measure, splits=tuple(names),
+                                    selection_split=chooser)
+    if "lens" in raw:
+        spec, key = raw["lens"], "analyses.lens"
+        _check_selection(spec["models"], spec["adapters"], models, key)
+        names = spec["splits"] if spec["splits"] is not None else [evaluation.convergence.split]
+        _check_split_names(names, splits, f"{key}.splits")
+        lens = LensAnalysis(_names(spec["models"]), _names(spec["adapters"]), tuple(names))
+    if "anatomy" in raw:
+        spec, key = raw["anatomy"], "analyses.anatomy"
+        _check_selection(spec["models"], spec["adapters"], models, key)
+        anatomy = AnatomyAnalysis(_names(spec["models"]), _names(spec["adapters"]))
+    return Analyses(boundary=boundary, lens=lens, anatomy=anatomy)
 
 
 def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
@@ -569,6 +795,7 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
     sweeps = {
         name: _parse_sweep(name, spec, splits, models) for name, spec in config["sweeps"].items()
     }
+    analyses = _parse_analyses(config["analyses"], splits, evaluation, models, sweeps)
     return Study(
         name=config["study"],
         seed=config["seed"],
@@ -579,6 +806,7 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
         models=models,
         sweeps=sweeps,
         raw=config,
+        analyses=analyses,
     )
 
 

@@ -101,6 +101,7 @@ EVALUATIONS = Contract(
             ("adapter", pa.string()),
             ("rank", pa.int32()),
             ("targets", pa.string()),
+            ("variant", pa.string()),
             ("step", pa.int32()),
             ("sweep", pa.string()),
             ("split", pa.string()),
@@ -311,3 +312,109 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     metadata = pq.read_schema(path).metadata or {}
     raw = metadata.get(PROVENANCE_KEY)
     return json.loads(raw) if raw else None
+
+
+# ---- relevance lens (lorascope.lens) ----
+
+#: One row per (model, adapter, split, step, layer, measure): the mean over the split's judged
+#: queries of the ranking the trained score head gives when it reads hidden state ``layer``.
+#: ``layer`` l in 1..L = the output of block l (the block ablations and LoRA modules call
+#: layer l - 1); layer L is the model's own score. The embeddings (no block applied) are left
+#: out: their read token has seen no other token.
+#: ``step`` 0 = the base model (every LoRA update switched off) read with the head of the run's
+#: last checkpoint.
+LENS = Contract(
+    "lens",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("split", pa.string()),
+            ("step", pa.int32()),
+            ("layer", pa.int32()),
+            ("measure", pa.string()),
+            ("value", pa.float64()),
+            ("queries", pa.int32()),
+        ]
+    ),
+)
+#: The per-query values behind :data:`LENS` (same keys plus ``qid``), for paired tests.
+LENS_QUERIES = Contract(
+    "lens_queries",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("split", pa.string()),
+            ("step", pa.int32()),
+            ("layer", pa.int32()),
+            ("measure", pa.string()),
+            ("qid", pa.string()),
+            ("value", pa.float64()),
+        ]
+    ),
+)
+CONTRACTS.update({c.name: c for c in (LENS, LENS_QUERIES)})
+
+# ---- LoRA update anatomy (lorascope.anatomy) ----
+
+#: One row per (model, adapter, step, layer, role) LoRA module: its update ``ΔW = s·B·A``
+#: described from the r×r factorisation - Frobenius and spectral norm, effective rank (Roy &
+#: Vetterli), stable rank, the singular values (length ``rank``), the adapter parameters, and
+#: for DoRA the magnitude vector's norm and (with the base model) its relative shift (else null).
+ANATOMY = Contract(
+    "anatomy",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("step", pa.int32()),
+            ("layer", pa.int32()),
+            ("role", pa.string()),
+            ("module", pa.string()),
+            ("rank", pa.int32()),
+            ("d_in", pa.int32()),
+            ("d_out", pa.int32()),
+            ("scaling", pa.float64()),
+            ("params", pa.int64()),
+            ("fro", pa.float64()),
+            ("spectral", pa.float64()),
+            ("effective_rank", pa.float64()),
+            ("stable_rank", pa.float64()),
+            ("sigma", pa.list_(pa.float64())),
+            ("magnitude_norm", pa.float64()),
+            ("magnitude_shift", pa.float64()),
+        ]
+    ),
+)
+CONTRACTS[ANATOMY.name] = ANATOMY
+
+# ---- boundary-layer pruning (lorascope.boundary), gathered by summarize ----
+
+#: One row per (model, adapter, step, test split) pruned-vs-full comparison: the boundary b
+#: chosen on the selection split, the LoRA parameters removed, and unmerged scoring speed. The
+#: metrics of both adapters are rows of :data:`EVALUATIONS` (sweep ``boundary_pruned``,
+#: ablations ``full`` and ``pruned``).
+BOUNDARY = Contract(
+    "boundary",
+    pa.schema(
+        [
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("step", pa.int32()),
+            ("split", pa.string()),
+            ("selection_split", pa.string()),
+            ("measure", pa.string()),
+            ("selection_value", pa.float64()),
+            ("b", pa.int32()),
+            ("num_layers", pa.int32()),
+            ("params_removed_fraction", pa.float64()),
+            ("lora_params_full", pa.int64()),
+            ("lora_params_pruned", pa.int64()),
+            ("pairs_per_second_full", pa.float64()),
+            ("pairs_per_second_pruned", pa.float64()),
+            ("speedup", pa.float64()),
+        ]
+    ),
+)
+CONTRACTS[BOUNDARY.name] = BOUNDARY

@@ -2,9 +2,13 @@
 
 The base model and the adapter are loaded **once**; the split's pairs are tokenised and
 batched once (:class:`~lorascope.scoring.PreparedPairs`); every ablation of the sweep is
-scored by switching the selected LoRA layers off in place (:func:`~lorascope.switching.zeroed`).
-After the sweep ``full`` is scored again and must reproduce its first scores bitwise - proof
-that switching left the adapter as it found it.
+scored by switching the selected LoRA layers off in place (:func:`~lorascope.switching.zeroed`)
+and, for an ablation with a ``truncate_rank`` (the ``svd`` generator), by truncating every other
+LoRA module to that rank in place (:func:`~lorascope.switching.truncated`). After the sweep
+``full`` is scored again on the first batches of the plan (at least
+:data:`REPRODUCTION_PAIRS` pairs, the same batches as in the first pass) and must reproduce
+those scores bitwise - proof that switching left the adapter as it found it, at a fraction of a
+full scoring pass.
 
 Outputs:
 
@@ -17,7 +21,8 @@ Outputs:
 
 ``params`` (the rule's config slice, plain builtins)::
 
-    ablations:    [{name: full, zeroed: []}, {name: mlp_only, zeroed: [[0, q], ...]}, ...]
+    ablations:    [{name: full, zeroed: []}, {name: mlp_only, zeroed: [[0, q], ...]},
+                   {name: svd_r2, zeroed: [], truncate_rank: 2}, ...]
     metrics:      ["nDCG@10", "RR(rel=2)", "AP(rel=2)"]
     significance: {test: wilcoxon, correction: holm, alpha: 0.05}
     scoring:      {batch_tokens: 16384, max_length: 256, dtype: float32}
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 RUN_FIELDS = ("model", "adapter", "step", "sweep", "split")
+#: The reproduction check re-scores the plan's first batches up to at least this many pairs.
+REPRODUCTION_PAIRS = 64
 
 
 class ReproductionError(RuntimeError):
@@ -99,8 +107,8 @@ class EvalSettings:
         if dup:
             raise ValueError(f"evaluate params: duplicate ablation names {dup}")
         full = [a for a in ablations if a.name == FULL]
-        if full and full[0].zeroed:
-            raise ValueError(f"evaluate params: ablation '{FULL}' must zero nothing")
+        if full and not full[0].is_full:
+            raise ValueError(f"evaluate params: ablation '{FULL}' must zero and truncate nothing")
         if not full:
             log.info("params name no '%s' ablation; adding it as the reference", FULL)
         ablations = [Ablation(FULL, frozenset())] + [a for a in ablations if a.name != FULL]
@@ -238,7 +246,7 @@ def evaluate(
     with ParquetSink(out_scores, SCORES, record) as sink:
         for ablation in settings.ablations:
             t0 = time.perf_counter()
-            with switching.zeroed(model, arch, ablation.zeroed):
+            with _applied(model, arch, ablation, available) as energy:
                 scores = prepared.score(model, device=device, progress=progress,
                                         desc=ablation.name)
             seconds = time.perf_counter() - t0
@@ -246,7 +254,8 @@ def evaluate(
             assert run_stats is not None
             runs[ablation.name] = scores
             timing[ablation.name] = {**run_stats.to_dict(), "seconds": round(seconds, 4),
-                                     "plan_version": prepared.plan_version}
+                                     "plan_version": prepared.plan_version,
+                                     "energy_kept": _mean(energy.values()) if energy else None}
             log.info("%-24s %d pairs in %.2fs (%.1f pairs/s, padded/real %.3f)",
                      ablation.name, len(scores), seconds, len(scores) / max(seconds, 1e-9),
                      run_stats.padding_ratio)
@@ -254,18 +263,31 @@ def evaluate(
         if len(settings.ablations) > 1:  # nothing was switched when `full` is all there is
             _check_reproduction(prepared, model, device, runs[FULL], timing[FULL]["plan_version"])
 
-    per_query = {name: metrics.per_query(qrels, _run(scores), list(settings.measures))
+    per_query = write_metrics(out_metrics, runs, qrels, settings.measures, record)
+
+    summary = _summary(params, settings, per_query, timing, prepared, record)
+    summary["seconds_total"] = round(time.perf_counter() - started, 2)
+    fileio.write_json(out_summary, summary)
+    return summary
+
+
+def write_metrics(
+    out_metrics: str | Path,
+    runs: Mapping[str, Mapping[tuple[str, str], float]],
+    qrels: Any,
+    measures: Sequence[str],
+    record: Mapping[str, Any],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-query metrics of every run (ablation name -> scores) written as one METRICS table;
+    returns them as ``{ablation: {measure: {qid: value}}}``."""
+    per_query = {name: metrics.per_query(qrels, _run(scores), list(measures))
                  for name, scores in runs.items()}
     columns: dict[str, list[Any]] = {"ablation": [], "qid": [], "measure": [], "value": []}
     for name, values in per_query.items():
         for key, col in metrics.to_rows(values, name).items():
             columns[key].extend(col)
     write_table(out_metrics, columns, METRICS, record)
-
-    summary = _summary(params, settings, per_query, timing, prepared, record)
-    summary["seconds_total"] = round(time.perf_counter() - started, 2)
-    fileio.write_json(out_summary, summary)
-    return summary
+    return per_query
 
 
 def _adapter_manifest(adapter_dir: str | Path, base_dir: str | Path) -> dict[str, Any] | None:
@@ -278,24 +300,67 @@ def _adapter_manifest(adapter_dir: str | Path, base_dir: str | Path) -> dict[str
     return adapters.verify(adapter_dir, base_dir)
 
 
+@contextmanager
+def _applied(model: Any, arch: ArchitectureRoles, ablation: Ablation,
+             available: Mapping[tuple[int, str], Any]) -> Iterator[Mapping[tuple[int, str], float]]:
+    """The ablation in force inside the block: its modules zeroed and, with a
+    ``truncate_rank``, every other LoRA module truncated; yields the energy kept per truncated
+    module (empty without truncation)."""
+    from lorascope import switching
+
+    with ExitStack() as stack:
+        stack.enter_context(switching.zeroed(model, arch, ablation.zeroed))
+        energy: Mapping[tuple[int, str], float] = {}
+        if ablation.truncate_rank is not None:
+            rest = set(available) - set(ablation.zeroed)
+            energy = stack.enter_context(
+                switching.truncated(model, arch, rest, ablation.truncate_rank))
+        yield energy
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return round(sum(values) / len(values), 6)
+
+
+def reproduction_batches(batches: Sequence[Sequence[int]], min_pairs: int) -> int:
+    """How many leading batches of a plan hold at least ``min_pairs`` pairs (all of them when
+    the plan holds fewer)."""
+    total = 0
+    for n, batch in enumerate(batches, start=1):
+        total += len(batch)
+        if total >= min_pairs:
+            return n
+    return len(batches)
+
+
 def _check_reproduction(prepared: Any, model: Any, device: str,
                         first: Mapping[tuple[str, str], float], plan_version: int) -> None:
-    again = prepared.score(model, device=device, progress=False, desc="full again")
+    """Re-score ``full`` on the plan's first batches (>= REPRODUCTION_PAIRS pairs) and compare.
+
+    While the plan is the one of the first pass, those batches hold the same pairs in the same
+    order and padding, so the comparison is bitwise; after an out-of-memory re-plan the shapes
+    differ and a relative tolerance of 1e-3 is used.
+    """
+    n_batches = reproduction_batches(prepared.batches, REPRODUCTION_PAIRS)
+    again = prepared.score(model, device=device, progress=False, desc="full again",
+                           first_batches=n_batches)
     if prepared.plan_version == plan_version:
-        differ = [k for k in first if again[k] != first[k]]
+        differ = [k for k in again if again[k] != first[k]]
         how = "bitwise"
     else:  # an OOM re-planned the batches: other shapes, so compare with a tolerance
-        differ = [k for k in first
+        differ = [k for k in again
                   if abs(again[k] - first[k]) > 1e-3 * max(1.0, abs(first[k]))]
         how = "within 1e-3 (batches were re-planned after an out-of-memory error)"
     if differ:
         k = differ[0]
         raise ReproductionError(
-            f"re-scoring '{FULL}' after the sweep changed {len(differ)} of {len(first)} "
-            f"scores (e.g. {k}: {first[k]!r} -> {again[k]!r}); switching did not restore "
-            "the adapter"
+            f"re-scoring '{FULL}' after the sweep changed {len(differ)} of the {len(again)} "
+            f"scores checked (e.g. {k}: {first[k]!r} -> {again[k]!r}); switching did not "
+            "restore the adapter"
         )
-    log.info("full adapter reproduced its scores %s after the sweep", how)
+    log.info("full adapter reproduced its scores %s after the sweep on %d of %d pairs "
+             "(the plan's first %d batches)", how, len(again), len(first), n_batches)
 
 
 def _score_rows(name: str, scores: Mapping[tuple[str, str], float]) -> dict[str, list[Any]]:
@@ -336,6 +401,8 @@ def _summary(
         entries[ablation.name] = {
             "zeroed_modules": len(ablation.zeroed),
             "zeroed": ablation.to_params()["zeroed"],
+            "truncate_rank": ablation.truncate_rank,
+            "energy_kept": timing[ablation.name].get("energy_kept"),
             "metrics": means,
             "delta": {m: means[m] - full_means[m] for m in settings.measures},
             "p_value": {m: None if is_full else raw[m][ablation.name]

@@ -85,11 +85,20 @@ def evaluation_jobs(study: Study) -> Iterator[EvalJob]:
             for step in model.training.steps:
                 for split in study.evaluation.splits:
                     yield EvalJob(model.name, adapter.name, step, CHECKPOINTS, split)
+            for split in study.evaluation.final_splits:
+                last = model.training.steps[-1]
+                yield EvalJob(model.name, adapter.name, last, CHECKPOINTS, split)
     for sweep in study.sweeps.values():
         for model in study.models.values():
             for adapter in sweep_applies(sweep, model):
                 for split in sweep.splits:
                     yield EvalJob(model.name, adapter, sweep_step(sweep, model), sweep.name, split)
+
+
+def stored_rank(adapter) -> int:
+    """The LoRA rank of the extracted adapter on disk: PiSSA/OLoRA runs are converted to a
+    plain LoRA delta of twice the trained rank at extraction."""
+    return 2 * adapter.rank if adapter.converted_at_extraction else adapter.rank
 
 
 def adapter_of(model: Model, name: str):
@@ -136,8 +145,53 @@ def check_plan(study: Study) -> None:
                         num_layers=shape.num_layers,
                         arch_roles=arch,
                         trained=trained,
+                        rank=stored_rank(adapter_of(model, adapter)),
                     )
                 except AblationError as err:
                     raise ConfigError(
                         f"config key {err} [model {model.name}, adapter {adapter}]"
                     ) from err
+
+
+# ---- beyond the paper (issue 7): the analyses' jobs ----
+
+
+def anatomy_runs(study: Study) -> list[tuple[str, str]]:
+    """(model, adapter) of every run whose LoRA update anatomy is asked for."""
+    a = study.analyses.anatomy
+    if a is None:
+        return []
+    return [(m.name, name) for m in study.models.values() for name in a.selects(m)]
+
+
+def lens_jobs(study: Study) -> list[tuple[str, str, str]]:
+    """(model, adapter, split) of every relevance-lens job."""
+    lens = study.analyses.lens
+    if lens is None:
+        return []
+    return [(m.name, name, split) for m in study.models.values() for name in lens.selects(m)
+            for split in lens.splits]
+
+
+def boundary_runs(study: Study) -> list[tuple[str, str, int]]:
+    """(model, adapter, step) of every run the boundary sweep covers (when pruning is asked)."""
+    b = study.analyses.boundary
+    if b is None:
+        return []
+    sweep = study.sweeps[b.sweep]
+    return [(m.name, name, sweep_step(sweep, m)) for m in study.models.values()
+            for name in sweep_applies(sweep, m)]
+
+
+def compression_exports(study: Study) -> list[tuple[str, str, int, int]]:
+    """(model, adapter, step, rank) of every SVD-truncated adapter the `svd` sweeps evaluate."""
+    out = []
+    for sweep in study.sweeps.values():
+        if sweep.generate != "svd":
+            continue
+        for m in study.models.values():
+            for name in sweep_applies(sweep, m):
+                stored = stored_rank(adapter_of(m, name))
+                out += [(m.name, name, sweep_step(sweep, m), k) for k in sweep.ranks or ()
+                        if k < stored]
+    return sorted(set(out))

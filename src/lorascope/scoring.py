@@ -284,6 +284,7 @@ class PreparedPairs:
         progress: bool = True,
         desc: str = "score",
         batches: Sequence[Sequence[int]] | None = None,
+        first_batches: int | None = None,
     ) -> dict[Key, float]:
         """Score every pair with ``model`` (in eval mode, under ``torch.inference_mode``).
 
@@ -296,9 +297,12 @@ class PreparedPairs:
             batches: an explicit batch plan (indices into :attr:`keys`) instead of the
                 length-sorted one - used by the benchmarks to compare batchers; no OOM
                 re-planning then.
+            first_batches: score only the first ``n`` batches of the current plan (the same
+                tensors as a full pass, so their scores are bitwise those of a full pass);
+                the result then holds only their pairs. Not combinable with ``batches``.
 
         Returns:
-            ``{(qid, docid): score}`` in input order.
+            ``{(qid, docid): score}`` in input order (of the pairs scored).
         """
         import torch
         from tqdm.auto import tqdm
@@ -309,12 +313,19 @@ class PreparedPairs:
         was_training = model.training
         model.eval()
         scores: list[float | None] = [None] * len(self.keys)
+        if batches is not None and first_batches is not None:
+            raise ValueError("score: pass batches or first_batches, not both")
         if batches is not None:
             pending = [(list(b), self._collate(b)) for b in batches]
+        elif first_batches is not None:
+            if first_batches < 1:
+                raise ValueError(f"first_batches must be >= 1, got {first_batches}")
+            pending = list(zip(self._plan[:first_batches], self._tensors[:first_batches]))
         else:
             pending = list(zip(self._plan, self._tensors))
+        wanted = sorted(i for batch, _ in pending for i in batch)
         n_batches = real = padded = replans = 0
-        bar = tqdm(total=len(self.keys), desc=desc, unit="pair", disable=not progress,
+        bar = tqdm(total=len(wanted), desc=desc, unit="pair", disable=not progress,
                    leave=False)
         oom = _oom_errors()
         started = time.perf_counter()
@@ -328,7 +339,7 @@ class PreparedPairs:
                     except oom:
                         if batches is not None or len(batch) == 1:
                             raise
-                        pending = self._after_oom(pending, scores)
+                        pending = self._after_oom(pending, scores, wanted)
                         replans += 1
                         continue
                     values = score_logits(out.logits).float().cpu().tolist()
@@ -343,16 +354,17 @@ class PreparedPairs:
             bar.close()
             model.train(was_training)
         seconds = time.perf_counter() - started
-        self.last_stats = ScoringStats(len(self.keys), n_batches, real, padded, seconds,
+        self.last_stats = ScoringStats(len(wanted), n_batches, real, padded, seconds,
                                        self.batch_tokens, replans)
-        log.debug("scored %d pairs in %.2fs (%.1f pairs/s, padded/real %.3f)", len(self.keys),
+        log.debug("scored %d pairs in %.2fs (%.1f pairs/s, padded/real %.3f)", len(wanted),
                   seconds, self.last_stats.pairs_per_second, self.last_stats.padding_ratio)
-        return {key: float(s) for key, s in zip(self.keys, scores)}  # type: ignore[arg-type]
+        return {self.keys[i]: float(scores[i]) for i in wanted}  # type: ignore[arg-type]
 
     def _after_oom(
-        self, pending: list[tuple[list[int], Any]], scores: Sequence[float | None]
+        self, pending: list[tuple[list[int], Any]], scores: Sequence[float | None],
+        wanted: Sequence[int],
     ) -> list[tuple[list[int], Any]]:
-        """Halve the budget after a CUDA OOM; re-plan the pairs not yet scored."""
+        """Halve the budget after a CUDA OOM; re-plan the pairs of ``wanted`` not yet scored."""
         import torch
 
         if torch.cuda.is_available():
@@ -362,7 +374,7 @@ class PreparedPairs:
         log.warning("out of GPU memory with a %d-token batch; halving the budget to %d",
                     old, new)
         self._replan(new)
-        left = [i for i in range(len(self.keys)) if scores[i] is None]
+        left = [i for i in wanted if scores[i] is None]
         sub = plan_batches([self.lengths[i] for i in left], new)
         return [([left[j] for j in b], self._collate([left[j] for j in b])) for b in sub]
 

@@ -59,8 +59,7 @@ def train(study: Study, model: str, adapter: str) -> dict[str, Any]:
             "steps": list(t.steps),
             "alpha": t.lora.alpha,
             "dropout": t.lora.dropout,
-            "use_rslora": t.lora.rslora,
-            "use_dora": t.lora.dora,
+            **a.train_fields(),
             "lr": t.lr,
             "schedule": t.schedule,
             "decay_steps": t.decay_steps,
@@ -106,12 +105,9 @@ def evaluate(study: Study, model: str, adapter: str, step: int, sweep: str, spli
 
 
 def summarize(study: Study) -> dict[str, Any]:
-    """What the study summary depends on: the convergence rule and the metric names."""
-    return {
-        "convergence": dataclasses.asdict(study.evaluation.convergence),
-        "metrics": list(study.evaluation.metrics),
-        "significance": dataclasses.asdict(study.evaluation.significance),
-    }
+    """What the study summary reads from the config: the convergence rule. (Metrics and
+    significance reach it through the evaluations' summaries, which rerun when they change.)"""
+    return {"convergence": dataclasses.asdict(study.evaluation.convergence)}
 
 
 #: Row labels of the paper's Tables 3 and 4, by the ablation names of configs/paper.yaml.
@@ -199,4 +195,56 @@ def report(study: Study) -> dict[str, Any]:
         sweep = study.sweeps[name]
         adapter = sweep.adapters[0] if sweep.adapters else table1
         out[key] = {"sweep": name, "adapter": adapter, "measure": ev.convergence.measure, **extra}
+    analyses = study.analyses
+    if analyses.lens is not None:
+        out["lens"] = {"measure": ev.convergence.measure, "epsilon": ev.convergence.epsilon}
+    svd = next((s.name for s in study.sweeps.values() if s.generate == "svd"), None)
+    if svd is not None:
+        out["compression"] = {"sweep": svd, "measure": ev.convergence.measure}
     return out
+
+
+# ---- beyond the paper (issue 7): analyses of trained adapters ----
+
+
+def anatomy(study: Study, model: str, adapter: str) -> dict[str, Any]:
+    """LoRA update anatomy of one run: nothing but which run (the maths has no settings)."""
+    return {"model": model, "adapter": adapter}
+
+
+def lens(study: Study, model: str, adapter: str, split: str) -> dict[str, Any]:
+    """The relevance lens of one run on one split: measures, scoring, the readable-from ε."""
+    ev = study.evaluation
+    return {
+        "model": model,
+        "adapter": adapter,
+        "split": split,
+        "metrics": list(ev.metrics),
+        "scoring": {
+            "batch_tokens": ev.batch_tokens,
+            "max_length": study.models[model].training.max_length,
+        },
+        "epsilon": ev.convergence.epsilon,
+    }
+
+
+def prune_boundary(study: Study, model: str, adapter: str, step: int) -> dict[str, Any]:
+    """Which boundary sweep chooses b, and by which measure."""
+    b = study.analyses.boundary
+    assert b is not None, "analyses.boundary is not configured"
+    return {"model": model, "adapter": adapter, "step": step, "sweep": b.sweep,
+            "split": b.selection_split, "measure": b.measure}
+
+
+def compare_boundary(study: Study, model: str, adapter: str, step: int, split: str) -> dict[str, Any]:
+    """Pruned vs full on a test split: the evaluate slice (metrics, significance, scoring)."""
+    from lorascope.summarize import BOUNDARY_SWEEP
+
+    out = evaluate(study, model, adapter, step, study.analyses.boundary.sweep, split)
+    del out["sweep_spec"]
+    return {**out, "sweep": BOUNDARY_SWEEP}
+
+
+def export_compressed(study: Study, model: str, adapter: str, step: int, rank: int) -> dict[str, Any]:
+    """An SVD-truncated export: which checkpoint and which rank."""
+    return {"model": model, "adapter": adapter, "step": step, "rank": rank}

@@ -101,6 +101,7 @@ def evaluate(
     modules the adapter trained, then score every ablation (:func:`lorascope.evaluate.evaluate`)."""
     from lorascope import adapters
     from lorascope.ablation import resolve_sweep
+    from lorascope.compression import adapter_rank
     from lorascope.evaluate import evaluate as run
     from lorascope.models.base import read_manifest
     from lorascope.roles import roles_for
@@ -114,6 +115,7 @@ def evaluate(
         num_layers=base["num_layers"],
         arch_roles=arch,
         trained=trained_modules(adapter_dir, arch),
+        rank=adapter_rank(adapter_dir),
     )
     resolved = {**params, "ablations": [a.to_params() for a in ablations]}
     run(resolved, base_dir, adapter_dir, split_dir, out_scores, out_metrics, out_summary)

@@ -15,11 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from lorascope import fileio, provenance
-from lorascope.contracts import CONVERGENCE, EVALUATIONS, TRAINING_LOG, write_rows
+from lorascope.contracts import (
+    ANATOMY,
+    BOUNDARY,
+    CONVERGENCE,
+    EVALUATIONS,
+    LENS,
+    TRAINING_LOG,
+    Contract,
+    read_table,
+    write_rows,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
 FIRST_STAGE = "first_stage"
+BOUNDARY_SWEEP = "boundary_pruned"
+SUMMARY_TABLES = ("evaluations", "convergence", "training_log", "boundary", "lens", "anatomy")
+JOB_FIELDS = ("model", "adapter", "rank", "targets", "variant", "step", "sweep", "split")
 
 
 def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -54,6 +68,7 @@ def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, A
             "adapter": "",
             "rank": 0,
             "targets": "",
+            "variant": "",
             "step": 0,
             "sweep": FIRST_STAGE,
             "split": split,
@@ -139,6 +154,41 @@ def wall_times(root: str | Path) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items())}
 
 
+def boundary_row(job: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The BOUNDARY row of one pruned-vs-full comparison (``lorascope.boundary.compare``)."""
+    info = summary["boundary"]
+    selection = info.get("selection") or {}
+    # the selection summaries are .../eval/<run>/<sweep>/<split>/summary.json
+    splits = [Path(src).parent.name for src in selection.get("sources") or []]
+    full, pruned = summary["ablations"]["full"], summary["ablations"]["pruned"]
+    return {
+        "model": job["model"],
+        "adapter": job["adapter"],
+        "step": job["step"],
+        "split": job["split"],
+        "selection_split": ",".join(str(s) for s in splits),
+        "measure": selection.get("measure"),
+        "selection_value": selection.get("value"),
+        "b": info["b"],
+        "num_layers": info["layers"],
+        "params_removed_fraction": info["params_removed_fraction"],
+        "lora_params_full": full.get("lora_params"),
+        "lora_params_pruned": pruned.get("lora_params"),
+        "pairs_per_second_full": full.get("pairs_per_second"),
+        "pairs_per_second_pruned": pruned.get("pairs_per_second"),
+        "speedup": info.get("speedup"),
+    }
+
+
+def concat_tables(paths: list[str | Path], contract: Contract, out: Path, record: Mapping[str, Any]) -> int:
+    """The per-job tables of one analysis (lens, anatomy) as one summary table."""
+    import pyarrow as pa
+
+    tables = [read_table(path, contract) for path in paths]
+    table = pa.concat_tables(tables) if tables else contract.schema.empty_table()
+    return write_table(out, table, contract, record)
+
+
 def summarize(
     params: Mapping[str, Any],
     inputs: Mapping[str, Any],
@@ -155,10 +205,19 @@ def summarize(
     for split, path in inputs["first_stage"].items():
         rows += first_stage_rows(split, json.loads(Path(path).read_text()))
     for job in inputs["evaluations"]:
-        fields = {k: job[k] for k in ("model", "adapter", "rank", "targets", "step", "sweep", "split")}
+        fields = {k: job[k] for k in JOB_FIELDS}
         rows += evaluation_rows(fields, json.loads(Path(job["summary"]).read_text()))
+    boundary: list[dict[str, Any]] = []
+    for job in inputs.get("boundary", []):
+        summary = json.loads(Path(job["summary"]).read_text())
+        fields = {**{k: job[k] for k in JOB_FIELDS if k != "sweep"}, "sweep": BOUNDARY_SWEEP}
+        rows += evaluation_rows(fields, summary)
+        boundary.append(boundary_row(job, summary))
     record = provenance.record("summarize", params)
     write_rows(out / "evaluations.parquet", EVALUATIONS, rows, record)
+    write_rows(out / "boundary.parquet", BOUNDARY, boundary, record)
+    concat_tables(inputs.get("lens", []), LENS, out / "lens.parquet", record)
+    concat_tables(inputs.get("anatomy", []), ANATOMY, out / "anatomy.parquet", record)
     conv = convergence_rows(rows, params["convergence"], params["checkpoints_sweep"])
     write_rows(out / "convergence.parquet", CONVERGENCE, conv, record)
     train_rows: list[dict[str, Any]] = []
@@ -170,7 +229,7 @@ def summarize(
         "models": _models(params["study"]["models"], inputs["models"]),
         "provenance": record,
         "wall_times": wall_times(inputs["benchmarks"]),
-        "inputs": {name: str(out / f"{name}.parquet") for name in ("evaluations", "convergence", "training_log")},
+        "inputs": {name: str(out / f"{name}.parquet") for name in SUMMARY_TABLES},
     }
     fileio.write_json(out / "study.json", study)
     log.info("summary: %d evaluation rows, %d runs", len(rows), len(conv))

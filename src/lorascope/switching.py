@@ -15,12 +15,17 @@ column norms, i.e. the state DoRA starts from). The alternatives are wrong or pa
 * merging and unmerging changes the base weights in floating point and cannot switch a subset.
 
 The trained head is never touched: "No LoRA updates" keeps the trained head, as in the paper.
+
+:func:`truncated` is the other in-place transform: it replaces the LoRA factors of chosen
+modules by those of their best rank-k approximation (:func:`lorascope.compression.truncate_factors`,
+same shapes, zero-padded, scaling unchanged) and copies the saved factors back on exit, so the
+adapter is restored bitwise - post-hoc SVD rank compression evaluated without an export.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -125,3 +130,75 @@ def _restore(layer: LoraLayer, was_disabled: bool, active: object, grads: dict[s
         layer._active_adapter = active
     for name, param in layer.named_parameters():
         param.requires_grad_(grads[name])
+
+
+@contextmanager
+def truncated(
+    model: torch.nn.Module, arch: ArchitectureRoles, modules: Collection[Module], rank: int
+) -> Iterator[Mapping[Module, float]]:
+    """Replace the LoRA update of ``modules`` by its best rank-``rank`` approximation inside
+    the ``with`` block.
+
+    For every active adapter of each selected layer, ``lora_A`` and ``lora_B`` are overwritten
+    in place with the zero-padded rank-k factors of :func:`lorascope.compression.truncate_factors`
+    (the layer's scaling is left alone: ``s·B_k·A_k`` is the truncation of ``s·B·A``). A module
+    of rank <= ``rank`` gets its factorisation rebuilt (equal up to rounding). DoRA keeps its
+    trained magnitude vector (see :mod:`lorascope.compression`). On exit (also on an exception)
+    the saved factors are copied back: the weights are restored bitwise.
+
+    Yields:
+        The energy kept (``Σ kept σ² / Σ σ²``) per ``(layer, role)``; with several active
+        adapters on a layer, the smallest.
+
+    Raises:
+        SwitchingError: a bad rank, a module without a LoRA layer, or a merged selected layer.
+    """
+    import torch
+
+    from lorascope.compression import truncate_factors
+
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise SwitchingError(f"truncation rank must be a positive int, got {rank!r}")
+    table = lora_modules(model, arch)
+    check_present(table.keys(), modules)
+    keys = sorted(set(modules))
+    merged = [key for key in keys if table[key].merged]
+    if merged:
+        raise SwitchingError(
+            f"LoRA layers {merged[:4]} are merged into the base weights; truncation needs an "
+            "unmerged adapter"
+        )
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its original value)
+    energy: dict[Module, float] = {}
+    try:
+        with torch.no_grad():
+            for key in keys:
+                layer = table[key]
+                for name in _active(layer):
+                    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+                    saved += [(a, a.detach().clone()), (b, b.detach().clone())]
+                    a_k, b_k, kept = truncate_factors(a, b, rank)
+                    a.copy_(a_k)
+                    b.copy_(b_k)
+                    energy[key] = min(kept, energy.get(key, 1.0))
+                _clear_dora_cache(layer)
+        yield energy
+    finally:
+        with torch.no_grad():
+            for param, original in reversed(saved):
+                param.copy_(original)
+        for key in keys:
+            _clear_dora_cache(table[key])
+
+
+def _active(layer: LoraLayer) -> list[str]:
+    """The layer's active adapters that carry LoRA factors."""
+    return [name for name in layer.active_adapters if name in layer.lora_A]
+
+
+def _clear_dora_cache(layer: LoraLayer) -> None:
+    """Drop DoRA's cached weight norms (only filled when peft's DoRA caching is switched on)."""
+    for dora in getattr(layer, "lora_magnitude_vector", {}).values():
+        clear = getattr(dora, "_cache_clear", None)
+        if clear is not None:
+            clear()

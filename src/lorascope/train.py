@@ -9,6 +9,16 @@ no in-batch negatives. Adapters are saved at exactly the configured steps as
 Runs are deterministic (same settings and hardware, same adapters bit for bit) and resumable:
 ``out_dir/state/`` is updated at every checkpoint, and a run started again over an interrupted
 one continues from there and ends with exactly the adapters an uninterrupted run writes.
+
+LoRA variants (:mod:`lorascope.variants`) map onto peft: ``use_dora``, ``use_rslora`` and
+``init`` (``init_lora_weights`` = ``pissa`` / ``olora`` / ``eva``). PiSSA and OLoRA rewrite the
+base weights of the training model (W = W_res + s B0 A0), so their untrained adapter is saved
+once as ``out_dir/initial/`` - published with the checkpoints, and what extraction subtracts to
+express a checkpoint as a delta on the original base. EVA initialises A from the principal
+components of the target layers' inputs on the run's first optimizer step of training groups,
+r per module (``rho = 1``: no rank redistribution, so the rank in the adapter's name holds).
+A resumed run rebuilds PiSSA/OLoRA's residual base deterministically and skips the EVA
+computation: the state it restores overwrites A and B anyway.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lorascope import fileio, roles, train_state
+from lorascope import fileio, roles, train_state, variants
 from lorascope.train_data import Group, GroupOrder, load_groups
 
 if TYPE_CHECKING:
@@ -41,6 +52,8 @@ log = logging.getLogger(__name__)
 LOG_FILE = "train_log.csv"
 LOG_COLUMNS = ("step", "loss", "lr", "pairs_per_s", "elapsed_s")
 SUMMARY_FILE = "training.json"
+#: The untrained adapter of a PiSSA/OLoRA run (see the module docstring).
+INITIAL_DIR = "initial"
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class TrainSettings:
         dropout: LoRA dropout.
         use_rslora: rank-stabilised scaling.
         use_dora: weight-decomposed LoRA.
+        init: initialisation of A and B: ``default`` (peft's: Kaiming A, zero B), ``pissa``,
+            ``olora`` or ``eva`` (see :mod:`lorascope.variants`).
         lr: peak learning rate (AdamW).
         schedule: ``constant`` or ``linear`` decay to 0.
         decay_steps: horizon of the linear decay (``None`` = the last checkpoint step).
@@ -81,6 +96,7 @@ class TrainSettings:
     dropout: float = 0.1
     use_rslora: bool = False
     use_dora: bool = False
+    init: str = variants.DEFAULT_INIT
     lr: float = 1e-4
     schedule: Literal["constant", "linear"] = "constant"
     decay_steps: int | None = None
@@ -114,6 +130,13 @@ class TrainSettings:
             raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {self.group_size}")
+        if self.init != variants.DEFAULT_INIT and self.init not in variants.INITS:
+            raise ValueError(
+                f"init must be {variants.DEFAULT_INIT} or one of {', '.join(variants.INITS)}, "
+                f"got {self.init!r}"
+            )
+        if self.quantize_4bit and variants.mutates_base(self.init):
+            raise ValueError(f"init {self.init!r} rewrites the base weights: no quantize_4bit")
         # Normalise list inputs (from YAML/JSON) so settings compare and hash stably.
         object.__setattr__(self, "steps", steps)
         if not isinstance(self.targets, str):
@@ -197,9 +220,16 @@ def train(
         return summary
     _remove_partial_writes(out_dir)
 
+    order = GroupOrder(len(groups), settings.seed)
     with _deterministic(runtime.device):
         _seed_everything(settings.seed)
         model, tokenizer, arch = _build_model(base_dir, settings, runtime)
+        if settings.init == "eva" and resumed is None:
+            _initialize_eva(model, tokenizer, arch, settings, runtime, groups, order)
+        if variants.mutates_base(settings.init) and (
+            resumed is None or not (initial_dir(out_dir) / "adapter_model.safetensors").is_file()
+        ):
+            _save_initial(model, out_dir)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.AdamW(
             list(trainable.values()), lr=settings.lr, weight_decay=settings.weight_decay
@@ -212,7 +242,6 @@ def train(
             rows = list(resumed.log_rows)
             log.info("resuming %s from step %d", out_dir, step)
         loop = _Loop(model, tokenizer, arch, settings, runtime, groups, group_size)
-        order = GroupOrder(len(groups), settings.seed)
         checkpoints = set(settings.steps)
         bar = _progress_bar(settings.total_steps, step, progress)
         with bar:
@@ -300,8 +329,14 @@ def _build_model(
         modules_to_save=list(arch.head_modules),
         use_rslora=settings.use_rslora,
         use_dora=settings.use_dora,
+        init_lora_weights=variants.peft_init(settings.init),
+        **_eva_config(settings),
     )
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # EVA: peft suggests low_cpu_mem_usage, which would leave A and B on the meta device
+        # until EVA has run (and DoRA's magnitudes uncomputed); our models are small enough.
+        warnings.filterwarnings("ignore", message=".*eva initialization used with low_cpu_mem")
+        peft_model = get_peft_model(model, config)
     _check_lora_modules(peft_model, arch, modules)
     # peft rewrites a long target list into minimal suffixes (BERT's "output.dense" then also
     # names attention.output.dense's tail); keep the full names in the saved adapter_config so
@@ -310,13 +345,119 @@ def _build_model(
     peft_model.train()
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     log.info(
-        "LoRA r=%d on %s (%d modules): %d trainable parameters",
+        "LoRA r=%d on %s (%d modules, %s): %d trainable parameters",
         settings.rank,
         ",".join(target_roles),
         len(modules),
+        _variant_text(settings),
         n_train,
     )
     return peft_model, tokenizer, arch
+
+
+def _variant_text(settings: TrainSettings) -> str:
+    names = variants.from_flags(
+        dora=settings.use_dora, rslora=settings.use_rslora, init=settings.init
+    )
+    return "+".join(names) or variants.PLAIN
+
+
+def _eva_config(settings: TrainSettings) -> dict[str, Any]:
+    """``eva_config`` for EVA runs: ``rho = 1`` keeps rank r in every module (no
+    redistribution), so that an EVA adapter's rank means what its name says."""
+    if settings.init != "eva":
+        return {}
+    from peft import EvaConfig
+
+    return {"eva_config": EvaConfig(rho=1.0)}
+
+
+def _initialize_eva(
+    model: PeftModel,
+    tokenizer: Any,
+    arch: roles.ArchitectureRoles,
+    settings: TrainSettings,
+    runtime: Runtime,
+    groups: Sequence[Group],
+    order: GroupOrder,
+) -> None:
+    """EVA: A from the principal components of each target layer's inputs (non-pad tokens)
+    over the groups of the run's first optimizer step, encoded as training encodes them; B
+    stays zero, so the scores are unchanged.
+
+    peft's ``initialize_lora_eva_weights(model, dataloader)`` cycles through the batches until
+    every component's direction is stable between two batches; on small models the sign of a
+    component can flip from batch to batch for good (seen on a 4-layer, width-128 LLaMA: a
+    cosine of -1 after 40 batches), and the loop never ends. So the components are fitted
+    here in one pass over this fixed set of batches, with peft's own incremental PCA and its
+    EVA settings (randomised SVD with seed 42, r components per module, i.e. ``rho = 1``), and
+    handed to ``initialize_lora_eva_weights(model, eva_state_dict=...)``, which loads them as
+    peft does.
+    Draws no random numbers from the run's stream (eval mode; the randomised SVD forks the
+    RNG), so the RNG state after EVA is the one before it.
+    """
+    import torch
+    from peft import initialize_lora_eva_weights
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.incremental_pca import IncrementalPCA
+
+    from lorascope.models.reranker import encode_pairs
+
+    chosen = [groups[i] for i in order.take(0, settings.queries_per_step)]
+    batches = []
+    for start in range(0, len(chosen), settings.micro_batch_queries):
+        chunk = chosen[start : start + settings.micro_batch_queries]
+        batch = encode_pairs(
+            tokenizer,
+            arch,
+            [g.query for g in chunk for _ in g.passages],
+            [p for g in chunk for p in g.passages],
+            settings.max_length,
+        )
+        batches.append({k: v.to(runtime.device) for k, v in batch.items()})
+
+    rank = settings.rank
+    fits: dict[str, Any] = {}
+    tokens = {"mask": None}
+
+    def fit_inputs(name: str) -> Any:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            x = args[0][tokens["mask"]].detach().float()  # (non-pad tokens, in_features)
+            if x.shape[0] >= rank:  # as peft: a batch with fewer tokens than r is skipped
+                fits[name].partial_fit(x)
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            fits[name] = IncrementalPCA(n_components=rank, copy=True, lowrank=True, lowrank_seed=42)
+            handles.append(module.register_forward_hook(fit_inputs(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), model.disable_adapter():
+            for batch in batches:
+                tokens["mask"] = batch["attention_mask"].bool()
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    unfitted = sorted(n for n, f in fits.items() if not hasattr(f, "components_"))
+    if unfitted:
+        raise RuntimeError(
+            f"EVA: fewer than r={rank} tokens in every batch for {unfitted[0]} (and "
+            f"{len(unfitted) - 1} more modules)"
+        )
+    targets = model.peft_config["default"].target_modules
+    components = {name: fit.components_[:rank] for name, fit in fits.items()}
+    initialize_lora_eva_weights(model, eva_state_dict=components, show_progress_bar=False)
+    config = model.peft_config["default"]
+    if config.rank_pattern or config.alpha_pattern:
+        raise RuntimeError(f"EVA changed ranks or alphas: {config.rank_pattern}")
+    config.target_modules = targets  # EVA rewrites them as suffixes; keep the full names
+    log.info("EVA initialised A of %d modules from %d batches", len(components), len(batches))
 
 
 def _check_lora_modules(model: Any, arch: roles.ArchitectureRoles, modules: list[str]) -> None:
@@ -457,6 +598,18 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
     """Where the adapter of ``step`` is saved."""
     return Path(out_dir) / f"step-{step}"
+
+
+def initial_dir(out_dir: str | Path) -> Path:
+    """Where a PiSSA/OLoRA run keeps its untrained adapter (A0, B0 and the initial head)."""
+    return Path(out_dir) / INITIAL_DIR
+
+
+def _save_initial(model: PeftModel, out_dir: Path) -> None:
+    with fileio.atomic_dir(initial_dir(out_dir)) as tmp:
+        model.save_pretrained(tmp)
+    log.info("saved the initial %s adapter in %s", model.peft_config["default"].init_lora_weights,
+             initial_dir(out_dir))
 
 
 def _save_checkpoint(

@@ -20,6 +20,7 @@ rule extract_adapter:
         runtime=5,
     params:
         cfg=extract_params,
+        code=code_version("lorascope.adapters:extract"),
     shell:
-        "lorascope extract-adapter --params {params.cfg:q} --train-dir {input.train}"
+        "lorascope --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
         " --base {input.base} --out {output} 2> {log}"

@@ -1,6 +1,9 @@
 # Shared helpers for all stages: the validated study, named input functions, and the
 # functions that hand each job its own config slice (as canonical JSON).
-from lorascope import plan, slices
+from functools import cache
+
+from lorascope import plan, slices, variants
+from lorascope.codedeps import code_version
 from lorascope.config import load_study
 
 # Validates against workflow/schemas/config.schema.yaml (fills its defaults) and checks what
@@ -11,6 +14,27 @@ RESULTS = f"results/{STUDY.name}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 ENV = "../../envs/lorascope.yaml"
+
+# Code dependencies: every rule carries the content hash of the package files its stage runs
+# as the param `code` (`code=code_version("lorascope.<module>[:<function>]")`, see
+# lorascope.codedeps), so editing a module reruns exactly the stages that import it, and
+# everything downstream of them.
+
+
+def embedded_tables(source, dataset):
+    """Package data a data stage reads: the shipped tables of an embedded collection."""
+    return (f"resources/trec-dl/{dataset}.*.parquet",) if source == "embedded" else ()
+
+
+def train_data_code(wildcards):
+    data = embedded_tables(STUDY.train.source, STUDY.train.dataset)
+    return code_version("lorascope.data.prepare:prepare_train", data=data)
+
+
+def split_data_code(wildcards):
+    split = STUDY.splits[wildcards.split]
+    data = embedded_tables(split.source, split.dataset)
+    return code_version("lorascope.data.prepare:prepare_split", data=data)
 
 
 def train_data_params(wildcards):
@@ -47,10 +71,10 @@ def base_model_inputs(wildcards):
     return {}
 
 
-def train_groups_arg(wildcards, input):
-    return (
-        f"--train-groups {input.train_groups}" if "train_groups" in input.keys() else ""
-    )
+def train_groups_arg(wildcards):
+    """The --train-groups option of prepare_base: tiny models only (base_model_inputs)."""
+    paths = base_model_inputs(wildcards)
+    return f"--train-groups {paths['train_groups']}" if paths else ""
 
 
 def train_work_dir(wildcards):
@@ -95,6 +119,7 @@ def all_targets(wildcards):
     return (
         data_all_targets(wildcards)
         + adapter_targets()
+        + compressed_targets()
         + [f"reports/{STUDY.name}/{name}" for name in REPORT_FILES]
     )
 
@@ -119,8 +144,11 @@ def eval_summary(job):
     return f"{RESULTS}/eval/{job.model}/{job.adapter}/step-{job.step}/{job.sweep}/{job.split}/summary.json"
 
 
+@cache
 def eval_jobs():
-    return list(plan.evaluation_jobs(STUDY))
+    """Every evaluation job of the study, planned once per process (summarize's inputs and
+    params both walk them; on a 10,000-job study that is ~7,000 jobs each time)."""
+    return tuple(plan.evaluation_jobs(STUDY))
 
 
 def evaluation_targets():
@@ -137,34 +165,49 @@ def summarize_inputs(wildcards):
             for a in m.training.adapters
         ],
         "bases": [f"{RESULTS}/models/{m}/base" for m in STUDY.models],
+        "boundary": boundary_targets(),
+        "lens": lens_targets(),
+        "anatomy": anatomy_targets(),
+    }
+
+
+def run_fields(model, adapter, step, sweep, split):
+    """A summary row's run fields (rank, targets and variant from the config)."""
+    a = plan.adapter_of(STUDY.models[model], adapter)
+    return {
+        "model": model,
+        "adapter": adapter,
+        "rank": a.rank,
+        "targets": a.targets_name,
+        "variant": variants.label(a.variant),
+        "step": step,
+        "sweep": sweep,
+        "split": split,
     }
 
 
 def summarize_jobs(wildcards):
-    """The evaluation jobs (aligned with input.evals) with their run fields."""
-    jobs = []
-    for job in eval_jobs():
-        adapter = plan.adapter_of(STUDY.models[job.model], job.adapter)
-        jobs.append(
-            {
-                "model": job.model,
-                "adapter": job.adapter,
-                "rank": adapter.rank,
-                "targets": adapter.targets_name,
-                "step": job.step,
-                "sweep": job.sweep,
-                "split": job.split,
-            }
-        )
-    return jobs
+    """The run fields of the evaluation jobs (aligned with input.evals) and of the boundary
+    comparisons (aligned with input.boundary)."""
+    return {
+        "evals": [
+            run_fields(j.model, j.adapter, j.step, j.sweep, j.split)
+            for j in eval_jobs()
+        ],
+        "boundary": [
+            run_fields(m, a, step, "", split) for m, a, step, split in boundary_jobs()
+        ],
+    }
 
 
 def summarize_params(wildcards):
+    """Convergence settings and the study's description for study.json. Not the config
+    hash (it changes with any value; a report-only change must not rerun the summary).
+    """
     cfg = slices.summarize(STUDY)
     cfg["checkpoints_sweep"] = plan.CHECKPOINTS
     cfg["study"] = {
         "study": STUDY.name,
-        "config_hash": STUDY.hash,
         "models": {
             m.name: {"label": m.label, "mechanics_only": m.mechanics_only}
             for m in STUDY.models.values()
@@ -173,12 +216,132 @@ def summarize_params(wildcards):
             s.name: {"dataset": s.dataset, "depth": s.depth, "queries": s.queries}
             for s in STUDY.splits.values()
         },
+        "adapters": {
+            m.name: {
+                a.name: {
+                    "rank": a.rank,
+                    "targets": a.targets_name,
+                    "variant": variants.label(a.variant),
+                }
+                for a in m.training.adapters
+            }
+            for m in STUDY.models.values()
+        },
+        "analyses": STUDY.raw.get("analyses") or {},
     }
     return cfg
 
 
 def report_params(wildcards):
-    return slices.report(STUDY)
+    """The report's presentation settings, and the hash of the whole config (its provenance
+    block names the config that produced it; every change reaches the report anyway)."""
+    return {**slices.report(STUDY), "config_hash": STUDY.hash}
 
 
 REPORT_FILES = ("report.md", "report.tex", "report.html")
+
+
+# ---- analyses (workflow/rules/analyses.smk) ----
+
+
+def _steps(model):
+    return STUDY.models[model].training.steps
+
+
+def run_checkpoints(wildcards):
+    """The base model and every extracted checkpoint of one run."""
+    root = f"{RESULTS}/adapters/{wildcards.model}/{wildcards.adapter}"
+    return {
+        "base": f"{RESULTS}/models/{wildcards.model}/base",
+        "adapters": [f"{root}/step-{step}" for step in _steps(wildcards.model)],
+    }
+
+
+def checkpoint_args(wildcards):
+    """`--adapter STEP=DIR` for every checkpoint of the run (run_checkpoints' order)."""
+    root = f"{RESULTS}/adapters/{wildcards.model}/{wildcards.adapter}"
+    return " ".join(
+        f"--adapter {step}={root}/step-{step}" for step in _steps(wildcards.model)
+    )
+
+
+def anatomy_params(wildcards):
+    return slices.to_json(slices.anatomy(STUDY, wildcards.model, wildcards.adapter))
+
+
+def lens_params(wildcards):
+    return slices.to_json(
+        slices.lens(STUDY, wildcards.model, wildcards.adapter, wildcards.split)
+    )
+
+
+def boundary_selection(wildcards):
+    """The boundary sweep's summary on the selection split, which chooses b."""
+    b = STUDY.analyses.boundary
+    run = f"{RESULTS}/eval/{wildcards.model}/{wildcards.adapter}/step-{wildcards.step}"
+    return {"summaries": [f"{run}/{b.sweep}/{b.selection_split}/summary.json"]}
+
+
+def prune_boundary_params(wildcards):
+    return slices.to_json(
+        slices.prune_boundary(
+            STUDY, wildcards.model, wildcards.adapter, int(wildcards.step)
+        )
+    )
+
+
+def compare_boundary_params(wildcards):
+    return slices.to_json(
+        slices.compare_boundary(
+            STUDY,
+            wildcards.model,
+            wildcards.adapter,
+            int(wildcards.step),
+            wildcards.split,
+        )
+    )
+
+
+def export_compressed_params(wildcards):
+    return slices.to_json(
+        slices.export_compressed(
+            STUDY,
+            wildcards.model,
+            wildcards.adapter,
+            int(wildcards.step),
+            int(wildcards.rank),
+        )
+    )
+
+
+def anatomy_targets():
+    return [f"{RESULTS}/anatomy/{m}/{a}.parquet" for m, a in plan.anatomy_runs(STUDY)]
+
+
+def lens_targets():
+    return [
+        f"{RESULTS}/lens/{m}/{a}/{s}/lens.parquet" for m, a, s in plan.lens_jobs(STUDY)
+    ]
+
+
+def boundary_jobs():
+    b = STUDY.analyses.boundary
+    return [
+        (m, a, step, split)
+        for m, a, step in plan.boundary_runs(STUDY)
+        for split in (b.splits if b else ())
+    ]
+
+
+def boundary_targets():
+    return [
+        f"{RESULTS}/boundary/{m}/{a}/step-{step}/{split}/summary.json"
+        for m, a, step, split in boundary_jobs()
+    ]
+
+
+def compressed_targets():
+    return [
+        f"{RESULTS}/compressed/{m}/{a}/step-{step}/r{rank}"
+        for m, a, step, rank in plan.compression_exports(STUDY)
+    ]

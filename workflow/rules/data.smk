@@ -17,8 +17,9 @@ rule prepare_train:
         runtime=60,
     params:
         cfg=train_data_params,
+        code=train_data_code,
     shell:
-        "lorascope prepare-train --params {params.cfg:q} --out {output} 2> {log}"
+        "lorascope --threads {threads} --gpus {resources.gpu} prepare-train --params {params.cfg:q} --out {output} 2> {log}"
 
 
 rule prepare_split:
@@ -38,5 +39,6 @@ rule prepare_split:
     params:
         cfg=split_data_params,
         out=split_dir,
+        code=split_data_code,
     shell:
-        "lorascope prepare-split --params {params.cfg:q} --out {params.out} 2> {log}"
+        "lorascope --threads {threads} --gpus {resources.gpu} prepare-split --params {params.cfg:q} --out {params.out} 2> {log}"

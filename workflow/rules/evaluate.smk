@@ -28,8 +28,9 @@ rule evaluate:
     params:
         cfg=evaluate_params,
         split_dir=split_dir,
+        code=code_version("lorascope.stages:evaluate"),
     shell:
-        "lorascope --threads {threads} evaluate --params {params.cfg:q} --base {input.base}"
+        "lorascope --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
         " --adapter {input.adapter} --split-dir {params.split_dir} --scores {output.scores}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
 
@@ -41,9 +42,14 @@ rule summarize:
         evaluations="results/{study}/summary/evaluations.parquet",
         convergence="results/{study}/summary/convergence.parquet",
         training_log="results/{study}/summary/training_log.parquet",
+        boundary="results/{study}/summary/boundary.parquet",
+        lens="results/{study}/summary/lens.parquet",
+        anatomy="results/{study}/summary/anatomy.parquet",
         study="results/{study}/summary/study.json",
     log:
         "results/{study}/logs/summarize.log",
+    benchmark:
+        "results/{study}/benchmarks/summarize.tsv"
     conda:
         ENV
     threads: 1
@@ -55,5 +61,6 @@ rule summarize:
         cfg=summarize_params,
         jobs=summarize_jobs,
         benchmarks="results/{study}/benchmarks",
+        code=code_version("lorascope.summarize"),
     script:
         "../scripts/summarize.py"

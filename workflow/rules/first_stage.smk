@@ -21,8 +21,9 @@ rule evaluate_first_stage:
     params:
         cfg=first_stage_params,
         split_dir=split_dir,
+        code=code_version("lorascope.first_stage"),
     shell:
-        "lorascope evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
+        "lorascope --threads {threads} --gpus {resources.gpu} evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
 
 

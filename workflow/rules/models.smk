@@ -22,6 +22,7 @@ rule prepare_base:
     params:
         cfg=base_model_params,
         train_groups=train_groups_arg,
+        code=code_version("lorascope.stages:prepare_base"),
     shell:
-        "lorascope --threads {threads} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
+        "lorascope --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
         " 2> {log}"

@@ -11,6 +11,9 @@ rule report:
         evaluations="results/{study}/summary/evaluations.parquet",
         convergence="results/{study}/summary/convergence.parquet",
         training_log="results/{study}/summary/training_log.parquet",
+        boundary="results/{study}/summary/boundary.parquet",
+        lens="results/{study}/summary/lens.parquet",
+        anatomy="results/{study}/summary/anatomy.parquet",
         study="results/{study}/summary/study.json",
     output:
         md=report(
@@ -38,5 +41,6 @@ rule report:
     params:
         cfg=report_params,
         out_dir="reports/{study}",
+        code=code_version("lorascope.report", data=["reference/*.yaml"]),
     script:
         "../scripts/report.py"

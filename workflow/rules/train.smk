@@ -23,7 +23,8 @@ rule train_lora:
     params:
         cfg=train_params,
         work=train_work_dir,
+        code=code_version("lorascope.stages:train_lora"),
     shell:
-        "lorascope --threads {threads} train --params {params.cfg:q} --base {input.base}"
+        "lorascope --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
         " --train-groups {input.train_groups} --work-dir {params.work} --out {output}"
         " 2> {log}"

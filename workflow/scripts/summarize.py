@@ -6,11 +6,18 @@ from pathlib import Path
 from lorascope.summarize import summarize
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821
+jobs = snakemake.params.jobs  # noqa: F821
 inputs = {
     "evaluations": [
         {**job, "summary": path}
-        for job, path in zip(snakemake.params.jobs, snakemake.input.evals)  # noqa: F821
+        for job, path in zip(jobs["evals"], snakemake.input.evals)  # noqa: F821
     ],
+    "boundary": [
+        {**job, "summary": path}
+        for job, path in zip(jobs["boundary"], snakemake.input.boundary)  # noqa: F821
+    ],
+    "lens": list(snakemake.input.lens),  # noqa: F821
+    "anatomy": list(snakemake.input.anatomy),  # noqa: F821
     "first_stage": {
         Path(path).parent.name: path for path in snakemake.input.first_stage  # noqa: F821
     },

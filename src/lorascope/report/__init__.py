@@ -1,9 +1,11 @@
 """The study report: the paper's four tables, figures and provenance, in Markdown, LaTeX and
-one self-contained HTML page.
+one self-contained HTML page, plus the sections beyond the paper (layer × role heatmaps,
+boundary-layer pruning, relevance lens, LoRA update anatomy, post-hoc rank compression, LoRA
+variants).
 
 Entry point: :func:`render_report`. The report is built as data first (``tables``,
-``figures``, ``document``), then rendered by one module per format (``render_md``,
-``render_latex``, ``render_html``). Everything goes to a temporary directory beside
+``figures``, one ``*_section`` module per part beyond the paper, ``document``), then rendered
+by one module per format (``render_md``, ``render_latex``, ``render_html``). Everything goes to a temporary directory beside
 ``out_dir`` and is moved into place file by file (``os.replace``), the report pages last, so a
 reader never sees a half-written file; files of an earlier render that this one no longer
 produces (a figure whose sweep was removed, ...) are deleted.
@@ -12,6 +14,7 @@ Layout of ``out_dir`` (``reports/<study>/``)::
 
     report.md  report.tex  report.html
     table1.tex ... table4.tex, table1_<split>.tex ...   (each table alone, booktabs)
+    table-boundary.tex, table-lens.tex, ...              (the tables beyond the paper)
     tables/<table>.csv                                   (every table's data, one row per cell)
     figures/<figure>.png, figures/<figure>.pdf
 """
@@ -74,9 +77,13 @@ def render_report(params: Mapping[str, Any], summary_dir: str | Path, out_dir: s
     Args:
         params: the report slice of the study config, resolved by the workflow (study,
             reference, decimals, main_split, companion_splits, models, table1..table4,
-            heatmap, boundary); see ``workflow/rules/report.smk``.
+            heatmap, boundary; optional: lens, anatomy, compression); see
+            ``workflow/rules/report.smk`` and the ``*_section`` modules for the keys each part
+            reads.
         summary_dir: holds ``evaluations.parquet``, ``convergence.parquet``,
-            ``training_log.parquet`` and ``study.json`` (any part may be missing).
+            ``training_log.parquet``, ``boundary.parquet``, ``lens.parquet``,
+            ``anatomy.parquet`` and ``study.json`` (any part may be missing: its part of the
+            report becomes a one-line note).
         out_dir: ``reports/<study>/``.
 
     Returns:

@@ -22,7 +22,11 @@ SUMMARY_FILES = {
     "evaluations": ("evaluations.parquet", contracts.EVALUATIONS),
     "convergence": ("convergence.parquet", contracts.CONVERGENCE),
     "training_log": ("training_log.parquet", contracts.TRAINING_LOG),
+    "boundary": ("boundary.parquet", contracts.BOUNDARY),
+    "lens": ("lens.parquet", contracts.LENS),
+    "anatomy": ("anatomy.parquet", contracts.ANATOMY),
 }
+PLAIN_VARIANTS = ("", "lora")
 STUDY_FILE = "study.json"
 FIRST_STAGE = "first_stage"
 FULL = "full"
@@ -42,6 +46,9 @@ class ReportInputs:
     training_log: pd.DataFrame
     study: dict[str, Any]
     files: dict[str, Path | None] = field(default_factory=dict)
+    boundary: pd.DataFrame = field(default_factory=lambda: _empty(contracts.BOUNDARY))
+    lens: pd.DataFrame = field(default_factory=lambda: _empty(contracts.LENS))
+    anatomy: pd.DataFrame = field(default_factory=lambda: _empty(contracts.ANATOMY))
 
     # ---- study.json accessors -----------------------------------------------------------
 
@@ -60,6 +67,26 @@ class ReportInputs:
 
     def roles(self, model: str) -> list[str]:
         return [str(r) for r in self.model_info(model).get("roles") or []]
+
+    def adapter_info(self, model: str, adapter: str) -> dict[str, Any]:
+        """``{rank, targets, variant}`` of one adapter from study.json (``{}``: not listed)."""
+        return dict(((self.study.get("adapters") or {}).get(model) or {}).get(adapter) or {})
+
+    def analysis(self, name: str) -> dict[str, Any] | None:
+        """The study's ``analyses.<name>`` config section (None: the analysis is off)."""
+        analyses = self.study.get("analyses")
+        if not isinstance(analyses, dict) or analyses.get(name) is None:
+            return None
+        return dict(analyses[name])
+
+    def missing_note(self, name: str, analysis: str | None = None) -> str:
+        """Why a summary table has nothing to show, in words (for an Omitted note)."""
+        filename = SUMMARY_FILES[name][0]
+        if analysis is not None and "analyses" in self.study and self.analysis(analysis) is None:
+            return f"the study config has no `analyses.{analysis}`"
+        if self.files.get(name) is None:
+            return f"the summary has no `{filename}`"
+        return f"`{filename}` has no rows"
 
     def split_info(self, split: str) -> dict[str, Any]:
         return dict((self.study.get("splits") or {}).get(split) or {})
@@ -111,8 +138,83 @@ class ReportInputs:
         return int(rows["queries"].max())
 
 
+# ------------------------------------------------------------ per-(layer, role) ablation drops
+
+_DROP_RE = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
+
+
+def _module_of(
+    name: str, zeroed: dict[str, list[tuple[int, str]]] | None
+) -> tuple[int, str] | None:
+    """The one (layer, role) module an ablation zeroes (None: several or unknown)."""
+    if zeroed is not None and name in zeroed:
+        mods = zeroed[name]
+        return mods[0] if len(mods) == 1 else None
+    m = _DROP_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def pick_split(splits: list[str] | set[str], preferred: list[str]) -> str | None:
+    """The first of ``preferred`` among ``splits``, else the first (sorted) split."""
+    for s in preferred:
+        if s in splits:
+            return s
+    return sorted(splits)[0] if splits else None
+
+
+@dataclass
+class LayerRoleDrops:
+    """The drops of one model's single-module ablations (an ``each_layer_role`` sweep) at the
+    sweep's last step on one split: ``cells[(layer, role)] = (full - ablated, significant)``."""
+
+    model: str
+    adapter: str
+    split: str
+    step: int
+    measure: str
+    full_value: float | None
+    cells: dict[tuple[int, str], tuple[float, bool]]
+
+
+def layer_role_drops(
+    inputs: ReportInputs, sweep: str, adapter: str, measure: str, model: str,
+    preferred_splits: list[str],
+) -> LayerRoleDrops | None:
+    """The per-(layer, role) drops of ``model`` in ``sweep`` (None: the sweep has no rows of
+    it). The split is the first of ``preferred_splits`` the sweep ran on; the drop is
+    ``-delta`` (or ``full - value`` where the summary has no delta)."""
+    ev = inputs.evaluations
+    rows = ev[(ev["sweep"] == sweep) & (ev["adapter"] == adapter) & (ev["measure"] == measure)
+              & (ev["model"] == model)]
+    if rows.empty:
+        return None
+    split = pick_split(list(dict.fromkeys(rows["split"])), preferred_splits)
+    rows = rows[rows["split"] == split]
+    step = int(rows["step"].max())
+    rows = rows[rows["step"] == step]
+    full = rows[rows["ablation"] == FULL]
+    full_value = float(full["value"].iloc[0]) if not full.empty else None
+    zeroed = inputs.sweep_ablations(sweep, model)
+    cells: dict[tuple[int, str], tuple[float, bool]] = {}
+    for _, r in rows.iterrows():
+        if r["ablation"] == FULL:
+            continue
+        pos = _module_of(r["ablation"], zeroed)
+        if pos is None:
+            continue
+        if not pd.isna(r["delta"]):
+            drop = -float(r["delta"])
+        elif full_value is not None and not pd.isna(r["value"]):
+            drop = full_value - float(r["value"])
+        else:
+            continue
+        cells[pos] = (drop, bool(r["significant"]))
+    return LayerRoleDrops(model, adapter, str(split), step, measure, full_value, cells)
+
+
 def load_inputs(summary_dir: str | Path) -> ReportInputs:
-    """Read the summary tables and study.json from ``summary_dir`` (missing ones are empty)."""
+    """Read the summary tables and study.json from ``summary_dir`` (missing ones are empty;
+    ``files[name]`` is None for those)."""
     summary_dir = Path(summary_dir)
     frames: dict[str, pd.DataFrame] = {}
     files: dict[str, Path | None] = {}
@@ -136,6 +238,8 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
     ev["significant"] = ev["significant"].fillna(False).astype(bool)
     for col in ("model", "adapter", "targets", "sweep", "split", "ablation", "measure"):
         ev[col] = ev[col].fillna("")
+    if "variant" in ev:
+        ev["variant"] = ev["variant"].fillna("")
     return ReportInputs(
         summary_dir=summary_dir,
         evaluations=ev,
@@ -143,6 +247,9 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
         training_log=frames["training_log"],
         study=study,
         files=files,
+        boundary=frames["boundary"],
+        lens=frames["lens"],
+        anatomy=frames["anatomy"],
     )
 
 

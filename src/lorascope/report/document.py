@@ -68,13 +68,70 @@ def _provenance(
                 continue
             sources.append((item.title, text))
     files = [(name, inputs.source_path(name)) for name in
-             ("evaluations", "convergence", "training_log")]
+             ("evaluations", "convergence", "training_log", "boundary", "lens", "anatomy")
+             if name in ("evaluations", "convergence", "training_log")
+             or inputs.files.get(name) is not None]
     files.append(("study", str((study.get("inputs") or {}).get("study") or inputs.files.get("study")
                                or "study.json")))
     out.append(("Summary inputs", files))
     if sources:
         out.append(("Data behind each table and figure", sources))
     return out
+
+
+INTROS = {
+    "boundary-layer": (
+        "Keep LoRA only in layers 0..b: the boundary sweep picks b on the selection split, the "
+        "pruned adapter (a plain peft adapter without the upper layers' LoRA) is then scored "
+        "against the full one on the test splits."
+    ),
+    "lens": (
+        "The trained score head applied to every layer's hidden state: from which depth is "
+        "relevance readable, for the base model and as training goes on?"
+    ),
+    "anatomy": (
+        "The LoRA updates themselves, ΔW = s·B·A per (layer, role) module, described from "
+        "the r×r factorisation: where their mass sits, how it moves over checkpoints and "
+        "ranks, how many directions they use, and whether size predicts importance."
+    ),
+    "compression": (
+        "A trained adapter cut to lower ranks after training (truncated SVD of each module's "
+        "B·A), beside adapters trained at those ranks."
+    ),
+    "variants": "The same experiments per LoRA variant (DoRA, rsLoRA, PiSSA, OLoRA, EVA).",
+}
+
+
+def _section(title: str, anchor: str, items: list[Table | Figure | Omitted]) -> Section:
+    """A "beyond the paper" section; its intro only when something is shown."""
+    shown = any(not isinstance(i, Omitted) for i in items)
+    intro: list[Table | Figure | Omitted | str] = (
+        [INTROS[anchor]] if shown and anchor in INTROS else []
+    )
+    return Section(title, anchor, intro + list(items))
+
+
+def beyond_sections(params: Mapping[str, Any], inputs: ReportInputs) -> list[Section]:
+    """The sections beyond the paper's tables, in reading order."""
+    from lorascope.report.anatomy_section import anatomy_items
+    from lorascope.report.boundary_section import boundary_table
+    from lorascope.report.compression_section import compression_table
+    from lorascope.report.lens_section import lens_items
+    from lorascope.report.variants_section import variants_table
+
+    where: list[Table | Figure | Omitted] = [*figs.heatmaps(params, inputs),
+                                             figs.training_loss(params, inputs)]
+    return [
+        Section("Beyond the paper: where relevance lives", "beyond", list(where)),
+        _section("Beyond the paper: boundary layer", "boundary-layer",
+                 [figs.boundary_curves(params, inputs), boundary_table(params, inputs)]),
+        _section("Beyond the paper: relevance lens", "lens", lens_items(params, inputs)),
+        _section("Beyond the paper: LoRA update anatomy", "anatomy",
+                 anatomy_items(params, inputs)),
+        _section("Beyond the paper: post-hoc rank compression", "compression",
+                 [compression_table(params, inputs)]),
+        _section("Beyond the paper: LoRA variants", "variants", [variants_table(params, inputs)]),
+    ]
 
 
 def build_document(params: Mapping[str, Any], inputs: ReportInputs) -> Document:
@@ -107,11 +164,7 @@ def build_document(params: Mapping[str, Any], inputs: ReportInputs) -> Document:
                 main_items.append(figs.ablation_bars(item))
     sections.append(Section(f"The paper's tables — {split_label(main)}", "main", main_items))
 
-    beyond: list[Table | Figure | Omitted | str] = []
-    beyond.extend(figs.heatmaps(params, inputs))
-    beyond.append(figs.boundary_curves(params, inputs))
-    beyond.append(figs.training_loss(params, inputs))
-    sections.append(Section("Beyond the paper: where relevance lives", "beyond", beyond))
+    sections.extend(beyond_sections(params, inputs))
 
     for split in companions:
         items: list[Table | Figure | Omitted | str] = list(

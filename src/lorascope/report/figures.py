@@ -4,83 +4,31 @@ Figures of the tables are drawn from the built :class:`Table` objects, so a figu
 disagree with its table: learning curves (Table 1), rank comparison with convergence steps
 (Table 2), grouped bars of the ablations (Tables 3 and 4). The others read the summary:
 the layer x role heatmap of an ``each_layer_role`` sweep (drop against the full adapter per
-cell), the boundary curve of a ``boundary`` sweep (metric when keeping LoRA in layers 0..b, the
-boundary chosen on the selection split marked) and the training loss curves.
+cell), the boundary curve of a ``boundary`` sweep (metric when keeping LoRA in layers 0..b; the
+b marked is the boundary analysis' own choice from ``boundary.parquet`` where it ran, else
+:func:`lorascope.boundary.select_boundary`'s on the selection split) and the training loss
+curves. The other "beyond the paper" figures live with their tables in the ``*_section``
+modules.
 
 Every builder returns a :class:`Figure` with PNG and PDF bytes, or an :class:`Omitted`.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lorascope.report.data import FULL, ReportInputs
-from lorascope.report.model import MECHANICS, SIGNIFICANT, Figure, Omitted, Table
+from lorascope.report import plotting
+from lorascope.report.data import FULL, ReportInputs, layer_role_drops
+from lorascope.report.model import SIGNIFICANT, Figure, Omitted, Table
 from lorascope.report.tables import display_models, split_label
 
-DPI = 110
-_DROP_RE = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
 _KEEP_RE = re.compile(r"^keep_layers_0_(\d+)$")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "font.size": 9,
-            "axes.titlesize": 10,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "svg.hashsalt": "lorascope",
-        }
-    )
-    return plt
-
-
-def _finish(fig, key: str, title: str, caption: str, sources: list[str]) -> Figure:
-    plt = _plt()
-    png, pdf = io.BytesIO(), io.BytesIO()
-    fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(
-        pdf, format="pdf", bbox_inches="tight",
-        metadata={"Creator": None, "Producer": None, "CreationDate": None},
-    )
-    plt.close(fig)
-    return Figure(key, title, caption, png.getvalue(), pdf.getvalue(), sources)
-
-
-def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
-    cols = min(max_cols, max(n, 1))
-    return math.ceil(n / cols), cols
-
-
-def _model_title(label: str, mechanics: bool) -> str:
-    return f"{label} ({MECHANICS} mechanics only)" if mechanics else label
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
-
-
-def _axes(plt, n: int, width: float = 4.0, height: float = 3.0, max_cols: int = 3):
-    rows, cols = _grid(n, max_cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
 
 
 # ----------------------------------------------------------------- learning curves (Table 1)
@@ -88,14 +36,14 @@ def _axes(plt, n: int, width: float = 4.0, height: float = 3.0, max_cols: int = 
 
 def learning_curves(table: Table) -> Figure | Omitted:
     """Metric vs checkpoint step per model, first stage dashed, paper values as open marks."""
-    plt = _plt()
+    plt = plotting.plt()
     models: list[str] = []
     for c in table.columns:
         if c.model not in models:
             models.append(c.model)
     step_rows = [r for r in table.rows if not r.baseline]
     baseline = next((r for r in table.rows if r.baseline), None)
-    fig, axes = _axes(plt, len(models))
+    fig, axes = plotting.axes(plt, len(models))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     steps = [int(r.key) for r in step_rows]
     use_log = steps and min(steps) > 0 and max(steps) / min(steps) >= 20
@@ -118,7 +66,7 @@ def learning_curves(table: Table) -> Figure | Omitted:
                         ax.plot(*zip(*pts), ls="none", marker="D", mfc="none", color=color,
                                 ms=5, label=f"{col.label} (paper)")
         first = cols[0][1]
-        ax.set_title(_model_title(first.group, first.mechanics_only))
+        ax.set_title(plotting.model_title(first.group, first.mechanics_only))
         ax.set_xlabel("training step")
         ax.set_ylabel("score")
         if use_log:
@@ -136,12 +84,12 @@ def learning_curves(table: Table) -> Figure | Omitted:
                ncol=min(6, len(handles)), frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"Relevance over checkpoints — {split_label(table.split)} "
                  "(dashed: BM25 first stage)", fontsize=10)
-    rows_ = _grid(len(models))[0]
+    rows_ = plotting.grid(len(models))[0]
     fig.tight_layout(rect=(0, 0.1 / rows_ + (0.04 if len(handles) > 6 else 0), 1, 1))
     paper = "; open diamonds: the paper's values." if any(c.paper for c in table.columns) else "."
-    return _finish(
+    return plotting.finish(
         fig,
-        f"learning-curves-{_slug(table.split)}",
+        f"learning-curves-{plotting.slug(table.split)}",
         f"Figure: Metric vs training step ({split_label(table.split)})",
         f"Table 1 as curves, one panel per model ({split_label(table.split)}); dashed lines: "
         "the first-stage (BM25) level of the same measure" + paper,
@@ -153,7 +101,7 @@ def learning_curves(table: Table) -> Figure | Omitted:
 
 
 def rank_comparison(table: Table) -> Figure | Omitted:
-    plt = _plt()
+    plt = plotting.plt()
     groups = []
     for c in table.columns:
         if not c.paper and c.model not in [g.model for g in groups]:
@@ -191,7 +139,8 @@ def rank_comparison(table: Table) -> Figure | Omitted:
                               label="BM25" if g == 0 else None)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(
-        [textwrap.fill(_model_title(c.group, c.mechanics_only), 18) for c in groups], fontsize=8
+        [textwrap.fill(plotting.model_title(c.group, c.mechanics_only), 18) for c in groups],
+        fontsize=8,
     )
     ax.set_ylabel(groups[0].measure if groups else "")
     top = max([c.value for r in table.rows for c in r.cells if c.value is not None] + [0.1])
@@ -201,9 +150,9 @@ def rank_comparison(table: Table) -> Figure | Omitted:
     ax.set_title(f"LoRA rank at the convergence step — {split_label(table.split)} "
                  "(convergence step in parentheses)")
     fig.tight_layout()
-    return _finish(
+    return plotting.finish(
         fig,
-        f"rank-comparison-{_slug(table.split)}",
+        f"rank-comparison-{plotting.slug(table.split)}",
         f"Figure: LoRA rank comparison ({split_label(table.split)})",
         f"Table 2 as bars ({split_label(table.split)}): {groups[0].measure if groups else ''} "
         "per LoRA rank at the convergence step, printed above each bar; dashed: BM25.",
@@ -216,7 +165,7 @@ def rank_comparison(table: Table) -> Figure | Omitted:
 
 def ablation_bars(table: Table) -> Figure | Omitted:
     """Grouped bars: one panel per measure, models on the x axis, one bar per table row."""
-    plt = _plt()
+    plt = plotting.plt()
     measures: list[str] = []
     for c in table.columns:
         if not c.paper and c.measure not in measures:
@@ -227,7 +176,8 @@ def ablation_bars(table: Table) -> Figure | Omitted:
     for c in table.columns:
         if c.model not in [m.model for m in models]:
             models.append(c)
-    fig, axes = _axes(plt, len(measures), width=max(4.5, 1.2 * len(models) * len(rows) / 2.5),
+    fig, axes = plotting.axes(plt, len(measures),
+                              width=max(4.5, 1.2 * len(models) * len(rows) / 2.5),
                       height=3.4, max_cols=2)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / max(len(rows), 1)
@@ -257,7 +207,8 @@ def ablation_bars(table: Table) -> Figure | Omitted:
                     ax.hlines(baseline.cells[i].value, g - 0.45, g + 0.45, colors="grey",
                               linestyles="--", lw=1, label="BM25" if g == 0 else None)
         ax.set_xticks(range(len(models)))
-        ax.set_xticklabels([_model_title(m.group, m.mechanics_only) for m in models], fontsize=8)
+        ax.set_xticklabels([plotting.model_title(m.group, m.mechanics_only) for m in models],
+                           fontsize=8)
         ax.set_ylabel(measure)
         ax.set_title(measure)
     handles, labels = axes[0].get_legend_handles_labels() if axes else ([], [])
@@ -270,9 +221,9 @@ def ablation_bars(table: Table) -> Figure | Omitted:
                bbox_to_anchor=(0.5, -0.02), frameon=False)
     fig.suptitle(f"{table.title}", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return _finish(
+    return plotting.finish(
         fig,
-        f"table{table.number}-bars-{_slug(table.split)}",
+        f"table{table.number}-bars-{plotting.slug(table.split)}",
         f"Figure: {table.title.split(': ', 1)[-1]}",
         f"Table {table.number} as bars ({split_label(table.split)}); {SIGNIFICANT}: "
         "significant change vs the full adapter; dashed: BM25"
@@ -282,24 +233,6 @@ def ablation_bars(table: Table) -> Figure | Omitted:
 
 
 # -------------------------------------------------------------------- layer x role heatmap
-
-
-def _cell_of(
-    name: str, zeroed: Mapping[str, list[tuple[int, str]]] | None
-) -> tuple[int, str] | None:
-    if zeroed is not None and name in zeroed:
-        mods = zeroed[name]
-        return mods[0] if len(mods) == 1 else None
-    m = _DROP_RE.match(name)
-    return (int(m.group(1)), m.group(2)) if m else None
-
-
-def _pick_split(frame: pd.DataFrame, preferred: Sequence[str]) -> str | None:
-    splits = list(dict.fromkeys(frame["split"]))
-    for s in preferred:
-        if s in splits:
-            return s
-    return splits[0] if splits else None
 
 
 def heatmaps(params: Mapping[str, Any], inputs: ReportInputs) -> list[Figure | Omitted]:
@@ -315,37 +248,18 @@ def heatmaps(params: Mapping[str, Any], inputs: ReportInputs) -> list[Figure | O
         what = "has no" if not inputs.has_sweep(sweep) else "has no rows of the"
         return [Omitted("heatmap", f"Layer × role heatmap not produced: the study {what} "
                         f"`{sweep}` sweep (adapter `{adapter}`, measure `{measure}`).")]
-    plt = _plt()
+    plt = plotting.plt()
     from matplotlib.colors import TwoSlopeNorm
 
     preferred = [params.get("main_split") or ""] + list(params.get("companion_splits") or [])
     out: list[Figure | Omitted] = []
     for model in display_models(params, inputs):
-        mrows = ev[ev["model"] == model]
-        if mrows.empty:
+        found = layer_role_drops(inputs, sweep, adapter, measure, model, preferred)
+        if found is None:
             continue
-        split = _pick_split(mrows, preferred)
-        mrows = mrows[mrows["split"] == split]
-        mrows = mrows[mrows["step"] == mrows["step"].max()]
-        full = mrows[mrows["ablation"] == FULL]
-        full_value = float(full["value"].iloc[0]) if not full.empty else None
-        zeroed = inputs.sweep_ablations(sweep, model)
-        cells: dict[tuple[int, str], tuple[float, bool]] = {}
-        for _, r in mrows.iterrows():
-            if r["ablation"] == FULL:
-                continue
-            pos = _cell_of(r["ablation"], zeroed)
-            if pos is None:
-                continue
-            if not pd.isna(r["delta"]):
-                drop = -float(r["delta"])
-            elif full_value is not None:
-                drop = full_value - float(r["value"])
-            else:
-                continue
-            cells[pos] = (drop, bool(r["significant"]))
+        split, full_value, cells = found.split, found.full_value, found.cells
         if not cells:
-            out.append(Omitted(f"heatmap-{_slug(model)}", f"Layer × role heatmap of "
+            out.append(Omitted(f"heatmap-{plotting.slug(model)}", f"Layer × role heatmap of "
                                f"{inputs.model_label(model)} not produced: no single-module "
                                f"ablations in sweep `{sweep}`."))
             continue
@@ -382,13 +296,13 @@ def heatmaps(params: Mapping[str, Any], inputs: ReportInputs) -> list[Figure | O
                         color="white" if abs(value) > 0.6 * span else "black")
         cb = fig.colorbar(im, ax=ax, shrink=0.8)
         cb.set_label(f"drop in {measure} vs full")
-        label = _model_title(inputs.model_label(model), inputs.mechanics_only(model))
+        label = plotting.model_title(inputs.model_label(model), inputs.mechanics_only(model))
         ax.set_title(f"{label}\n{split_label(split)}, adapter {adapter}", fontsize=9)
         fig.tight_layout()
         full_txt = f" (full adapter: {full_value:.4f})" if full_value is not None else ""
-        out.append(_finish(
+        out.append(plotting.finish(
             fig,
-            f"heatmap-{_slug(model)}",
+            f"heatmap-{plotting.slug(model)}",
             f"Figure: Layer × role heatmap — {inputs.model_label(model)}",
             f"Drop in {measure} on {split_label(split)} when one (layer, role) LoRA module of "
             f"`{adapter}` is zeroed{full_txt}; red: the module helps, blue: removing it "
@@ -402,12 +316,28 @@ def heatmaps(params: Mapping[str, Any], inputs: ReportInputs) -> list[Figure | O
 # ---------------------------------------------------------------------------- boundary curve
 
 
-def choose_boundary(points: Mapping[int, float]) -> int | None:
-    """The boundary with the best value (ties: the smallest b)."""
-    if not points:
+def choose_boundary(
+    points: Mapping[int, float], measure: str, num_layers: int
+) -> int | None:
+    """The boundary :func:`lorascope.boundary.select_boundary` chooses from a boundary curve
+    (``{b: value}``, ``b = num_layers - 1`` being the full adapter): its rule
+    (:func:`lorascope.boundary.choose`), not a copy of it. None when the curve has no
+    full-adapter point or no usable value."""
+    from lorascope.boundary import choose
+
+    usable = {b: float(v) for b, v in points.items()
+              if 0 <= b <= num_layers - 1 and v is not None and v == v}
+    if num_layers - 1 not in usable:
         return None
-    best = max(points.values())
-    return min(b for b, v in points.items() if v == best)
+    return choose(usable)
+
+
+def _analysis_boundary(inputs: ReportInputs, model: str, adapter: str, step: int) -> int | None:
+    """The b the boundary analysis chose for this run (``boundary.parquet``), if it ran."""
+    rows = inputs.boundary
+    rows = rows[(rows["model"] == model) & (rows["adapter"] == adapter)
+                & (rows["step"] == step)]
+    return None if rows.empty else int(rows["b"].iloc[0])
 
 
 def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure | Omitted:
@@ -425,16 +355,18 @@ def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure |
         return Omitted("boundary", f"Boundary curve not produced: the study {what} `{sweep}` "
                        f"sweep (adapter `{adapter}`, measure `{measure}`).")
     models = [m for m in display_models(params, inputs) if m in set(ev["model"])]
-    plt = _plt()
+    plt = plotting.plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _axes(plt, len(models), width=4.2, height=3.1)
+    fig, axes = plotting.axes(plt, len(models), width=4.2, height=3.1)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = [selection, params.get("main_split") or ""] + list(params.get("companion_splits") or [])
     choices: list[str] = []
+    from_analysis: list[str] = []
     for ax, model in zip(axes, models):
         mrows = ev[ev["model"] == model]
-        mrows = mrows[mrows["step"] == mrows["step"].max()]
+        step = int(mrows["step"].max())
+        mrows = mrows[mrows["step"] == step]
         zeroed = inputs.sweep_ablations(sweep, model)
         n_layers = inputs.num_layers(model)
         bs: dict[str, int] = {}
@@ -454,7 +386,12 @@ def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure |
             pts = {bs[r["ablation"]]: float(r["value"]) for _, r in srows.iterrows()
                    if r["ablation"] in bs and not pd.isna(r["value"])}
             curves[split] = dict(sorted(pts.items()))
-        chosen = choose_boundary(curves.get(selection, {}))
+        chosen = _analysis_boundary(inputs, model, adapter, step)
+        label = inputs.model_label(model)
+        if chosen is not None:
+            from_analysis.append(label)
+        else:
+            chosen = choose_boundary(curves.get(selection, {}), measure, last + 1)
         for k, (split, pts) in enumerate(curves.items()):
             style = "-" if split == selection else "--"
             ax.plot(list(pts), list(pts.values()), marker="o", ms=3, ls=style,
@@ -463,7 +400,6 @@ def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure |
             if chosen is not None and chosen in pts:
                 ax.plot(chosen, pts[chosen], marker="*", ms=11, color=colors[k % len(colors)],
                         mec="black", mew=0.6, ls="none")
-        label = inputs.model_label(model)
         if chosen is not None:
             ax.axvline(chosen, color="black", ls=":", lw=1)
             right = chosen >= 0.75 * max(last, 1)
@@ -472,27 +408,34 @@ def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure |
                         ha="right" if right else "left")
             parts = [f"{split_label(s)} {pts[chosen]:.4f} vs full {pts[last]:.4f}"
                      for s, pts in curves.items() if chosen in pts and last in pts]
-            choices.append(f"{label}: b = {chosen} of {last} ({'; '.join(parts)})")
+            choices.append(f"{label}: b = {chosen} of {last + 1} layers ({'; '.join(parts)})")
         else:
             choices.append(f"{label}: no boundary chosen (no `{selection}` rows)")
-        ax.set_title(_model_title(label, inputs.mechanics_only(model)))
+        ax.set_title(plotting.model_title(label, inputs.mechanics_only(model)))
         ax.set_xlabel("boundary b (LoRA kept in layers 0..b)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(measure)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Boundary layer search (adapter {adapter}; star: best on "
-                 f"{split_label(selection)}, ties to the smallest b)", fontsize=10)
+    fig.suptitle(f"Boundary layer search (adapter {adapter}; star: the chosen b)", fontsize=10)
     fig.tight_layout()
-    return _finish(
+    rule = (f"b chosen on `{selection}`: the best {measure}, ties to the smallest b "
+            "(`lorascope.boundary.select_boundary`)")
+    if from_analysis:
+        rule += ("; for " + ", ".join(from_analysis) + " the b of the boundary analysis "
+                 "(`boundary.parquet`), which pruned and tested that adapter")
+    sources = [f"`{inputs.source_path('evaluations')}`: sweep `{sweep}`, adapter `{adapter}`, "
+               f"measure `{measure}`, splits "
+               + ", ".join(f"`{s}`" for s in sorted(set(ev["split"])))]
+    if from_analysis:
+        sources.append(f"`{inputs.source_path('boundary')}`: the chosen b")
+    return plotting.finish(
         fig,
         "boundary",
         "Figure: Boundary layer curve",
         f"{measure} when LoRA updates of `{adapter}` are kept only in layers 0..b (b = last "
-        f"layer: the full adapter); b chosen on `{selection}`. Chosen: " + "; ".join(choices)
-        + ".",
-        [f"`{inputs.source_path('evaluations')}`: sweep `{sweep}`, adapter `{adapter}`, "
-         f"measure `{measure}`, splits " + ", ".join(f"`{s}`" for s in sorted(set(ev['split'])))],
+        f"layer: the full adapter); {rule}. Chosen: " + "; ".join(choices) + ".",
+        sources,
     )
 
 
@@ -504,8 +447,8 @@ def training_loss(params: Mapping[str, Any], inputs: ReportInputs) -> Figure | O
     if log.empty:
         return Omitted("training-loss", "Training loss curves not produced: no training log.")
     models = [m for m in display_models(params, inputs) if m in set(log["model"])]
-    plt = _plt()
-    fig, axes = _axes(plt, len(models), width=4.0, height=2.9)
+    plt = plotting.plt()
+    fig, axes = plotting.axes(plt, len(models), width=4.0, height=2.9)
     for ax, model in zip(axes, models):
         mlog = log[log["model"] == model]
         adapters = sorted(set(mlog["adapter"]), key=_adapter_order)
@@ -517,14 +460,14 @@ def training_loss(params: Mapping[str, Any], inputs: ReportInputs) -> Figure | O
                 ax.plot(run["step"], smooth, lw=1.3, color=line.get_color(), label=adapter)
             else:
                 ax.plot(run["step"], run["loss"], lw=1.2, marker=".", ms=3, label=adapter)
-        ax.set_title(_model_title(inputs.model_label(model), inputs.mechanics_only(model)))
+        ax.set_title(plotting.model_title(inputs.model_label(model), inputs.mechanics_only(model)))
         ax.set_xlabel("training step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Training loss (group cross-entropy)", fontsize=10)
     fig.tight_layout()
-    return _finish(
+    return plotting.finish(
         fig,
         "training-loss",
         "Figure: Training loss",

@@ -27,10 +27,42 @@ MECHANICS_NOTE = (
 )
 
 
-def format_value(value: float | None, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+#: How a column prints its numbers (:attr:`Column.fmt`).
+FORMATS = ("value", "delta", "p", "int", "percent", "ratio", "rank", "text")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_value(value: float | None, decimals: int, fmt: str = "value") -> str:
+    """A number as a column of format ``fmt`` prints it.
+
+    ``value``: ``decimals`` places (``0.5123``); ``delta``: signed (``+0.0120``, ``-0.0300``);
+    ``p``: a p-value (``0.004``, ``<0.001``); ``int``: ``12``; ``percent``: a fraction as
+    ``37.5%``; ``ratio``: ``1.32×``; ``rank``: two places (an effective rank, ``3.41``);
+    ``text``: the value as it is.
+    """
+    if _missing(value):
         return MISSING
-    return f"{value:.{decimals}f}"
+    if fmt == "value":
+        return f"{value:.{decimals}f}"
+    if fmt == "delta":
+        text = f"{value:+.{decimals}f}"
+        return text.replace("-0." + "0" * decimals, "+0." + "0" * decimals)
+    if fmt == "p":
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
+    if fmt == "int":
+        return str(int(round(value)))
+    if fmt == "percent":
+        return f"{100 * value:.1f}%"
+    if fmt == "ratio":
+        return f"{value:.2f}×"
+    if fmt == "rank":
+        return f"{value:.2f}"
+    if fmt == "text":
+        return str(value)
+    raise ValueError(f"unknown cell format {fmt!r} (formats: {', '.join(FORMATS)})")
 
 
 @dataclass
@@ -43,12 +75,18 @@ class Cell:
     paper: bool = False
     # Extra data kept for the CSV (delta, p values, ...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Text shown instead of the formatted value (an adapter name, "3 of 8"); the value, if
+    # any, still goes to the CSV.
+    label: str | None = None
 
-    def text(self, decimals: int, marker: str = SIGNIFICANT) -> str:
+    def text(self, decimals: int, marker: str = SIGNIFICANT, fmt: str = "value") -> str:
         """The cell as plain text, e.g. ``0.7514 (150)`` or ``0.4341†``."""
-        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
+        if self.label is not None:
+            out = self.label
+        elif _missing(self.value):
             return MISSING
-        out = format_value(self.value, decimals)
+        else:
+            out = format_value(self.value, decimals, fmt)
         if self.step is not None:
             out += f" ({self.step})"
         if self.significant:
@@ -66,6 +104,7 @@ class Column:
     measure: str
     mechanics_only: bool = False
     paper: bool = False
+    fmt: str = "value"  # how its numbers print: one of FORMATS
 
 
 @dataclass
@@ -74,14 +113,16 @@ class Row:
     label: str
     cells: list[Cell]
     baseline: bool = False  # the first-stage (BM25) row
+    mechanics_only: bool = False  # the row is a mechanics-only model (tables with model rows)
 
 
 @dataclass
 class Table:
-    """One of the paper's tables on one split."""
+    """One of the paper's tables on one split, or a table of the "beyond the paper" sections
+    (``number`` None; ``key`` starts with ``table`` so that a re-render replaces it)."""
 
-    key: str  # file stem: table1, table1_dl20, ...
-    number: int
+    key: str  # file stem: table1, table1_dl20, table-boundary, ...
+    number: int | None
     title: str
     split: str
     caption: str

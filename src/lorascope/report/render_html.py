@@ -43,7 +43,8 @@ table.results th, table.results td { padding: 4px 8px; white-space: nowrap; }
 table.results thead tr:last-child th { border-bottom: 1px solid var(--fg); }
 table.results th.group { border-bottom: 1px solid var(--line); text-align: center; }
 table.results th { font-weight: 600; text-align: right; }
-table.results th.rowhead, table.results td.rowlabel { text-align: left; }
+table.results th.rowhead, table.results td.rowlabel, table.results td.text,
+table.results th.text { text-align: left; }
 table.results td { text-align: right; }
 table.results.wide { font-size: .8em; }
 table.results.wide th, table.results.wide td { padding: 3px 5px; }
@@ -51,6 +52,7 @@ table.results tr.baseline td { border-bottom: 1px solid var(--line); color: var(
 table.results tbody tr:nth-child(even) { background: var(--band); }
 table.results td.paper, table.results th.paper { color: var(--paper); font-style: italic; }
 table.results td.sig { font-weight: 600; }
+table.results sup { line-height: 0; }
 table.results .gstart { border-left: 1px solid var(--line); }
 ul.notes { font-size: .85em; color: var(--muted); margin: 6px 0 0; padding-left: 18px; }
 p.source { font-size: .8em; color: var(--muted); margin: 4px 0 0; }
@@ -90,7 +92,8 @@ def table_html(table: Table, decimals: int) -> str:
                    + "".join(f'<th class="group gstart" colspan="{span}">{_group(label, mech)}</th>'
                              for label, mech, span in table.groups()) + "</tr>")
         out.append("<tr>" + "".join(
-            f'<th class="{"paper" if c.paper else ""}{" gstart" if i in starts else ""}">'
+            f'<th class="{"paper" if c.paper else ""}{" gstart" if i in starts else ""}'
+            f'{" text" if c.fmt == "text" else ""}">'
             f"{html.escape(c.label)}</th>" for i, c in enumerate(table.columns)) + "</tr>")
     else:
         out.append("<tr>" + f'<th class="rowhead">{html.escape(table.row_header)}</th>' + "".join(
@@ -99,12 +102,13 @@ def table_html(table: Table, decimals: int) -> str:
     out += ["</thead>", "<tbody>"]
     for row in table.rows:
         cls = ' class="baseline"' if row.baseline else ""
-        tds = [f'<td class="rowlabel">{html.escape(row.label)}</td>']
+        tds = [f'<td class="rowlabel">{_group(row.label, row.mechanics_only)}</td>']
         for i, (col, cell) in enumerate(zip(table.columns, row.cells)):
             classes = [k for k, on in (("paper", col.paper), ("sig", cell.significant),
-                                       ("gstart", i in starts)) if on]
+                                       ("gstart", i in starts), ("text", col.fmt == "text"))
+                       if on]
             attr = f' class="{" ".join(classes)}"' if classes else ""
-            text = html.escape(cell.text(decimals, marker=""))
+            text = html.escape(cell.text(decimals, marker="", fmt=col.fmt))
             if cell.significant:
                 text += f'<sup title="significant">{SIGNIFICANT}</sup>'
             tds.append(f"<td{attr}>{text}</td>")

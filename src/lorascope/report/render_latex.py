@@ -67,10 +67,11 @@ def inline(text: str) -> str:
     )
 
 
-def _cell(cell: Cell, decimals: int) -> str:
-    if cell.value is None:
+def _cell(cell: Cell, decimals: int, fmt: str = "value") -> str:
+    if cell.label is None and (cell.value is None or cell.value != cell.value):
         return MISSING.replace("–", "--")
-    text = format_value(cell.value, decimals)
+    text = escape(cell.label if cell.label is not None
+                  else format_value(cell.value, decimals, fmt))
     if cell.step is not None:
         text += f" ({cell.step})"
     if cell.paper:
@@ -87,7 +88,8 @@ def _group(label: str, mechanics: bool) -> str:
 def table_latex(table: Table, decimals: int) -> str:
     n = len(table.columns)
     spec = "l" + "".join(
-        (" " if i and table.columns[i - 1].group != c.group else "") + "r"
+        (" " if i and table.columns[i - 1].group != c.group else "")
+        + ("l" if c.fmt == "text" else "r")
         for i, c in enumerate(table.columns)
     )
     lines = [
@@ -123,7 +125,9 @@ def table_latex(table: Table, decimals: int) -> str:
         )
     lines.append(r"\midrule")
     for i, row in enumerate(table.rows):
-        cells = [escape(row.label)] + [_cell(c, decimals) for c in row.cells]
+        cells = [_group(row.label, row.mechanics_only)] + [
+            _cell(cell, decimals, col.fmt) for col, cell in zip(table.columns, row.cells)
+        ]
         lines.append(" & ".join(cells) + r" \\")
         following = table.rows[i + 1] if i + 1 < len(table.rows) else None
         if row.baseline and not (following is not None and following.baseline):
@@ -166,6 +170,7 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[margin=2cm]{geometry}
 \usepackage{booktabs}
 \usepackage{graphicx}
+\usepackage{longtable}
 \setcounter{topnumber}{4}
 \setcounter{totalnumber}{6}
 \renewcommand{\topfraction}{0.9}
@@ -175,7 +180,9 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 
 
 def render_latex(doc: Document) -> str:
-    out = [PREAMBLE, rf"\title{{{inline(doc.title)}}}", rf"\author{{{inline(doc.subtitle)}}}",
+    # the subtitle sits in \author: a parbox lets the long line wrap
+    author = rf"\parbox{{0.9\linewidth}}{{\centering {inline(doc.subtitle)}}}"
+    out = [PREAMBLE, rf"\title{{{inline(doc.title)}}}", rf"\author{{{author}}}",
            r"\date{}", r"\begin{document}", r"\maketitle", ""]
     for note in doc.notes:
         out += [rf"\noindent\textit{{{inline(note)}}}\par", ""]
@@ -195,10 +202,11 @@ def render_latex(doc: Document) -> str:
     for heading, pairs in doc.provenance:
         out += [
             rf"\subsection*{{{inline(heading)}}}",
-            r"\noindent\begin{tabular}{@{}p{0.28\linewidth}p{0.68\linewidth}@{}}",
+            # a longtable: the list of sources outgrows one page in a study with many parts
+            r"\begin{longtable}{@{}p{0.28\linewidth}p{0.68\linewidth}@{}}",
             r"\toprule",
         ]
         out += [rf"{escape(k)} & {inline(v)} \\" for k, v in pairs]
-        out += [r"\bottomrule", r"\end{tabular}", ""]
+        out += [r"\bottomrule", r"\end{longtable}", ""]
     out += [r"\end{document}", ""]
     return "\n".join(out)

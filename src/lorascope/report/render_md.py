@@ -41,9 +41,13 @@ def table_markdown(table: Table, decimals: int) -> str:
     lines = [f"### {table.title}", "", table.caption, ""]
     head = header_cells(table)
     lines.append("| " + " | ".join(_esc(h) for h in head) + " |")
-    lines.append("|" + "|".join([":---"] + ["---:"] * len(table.columns)) + "|")
+    lines.append("|" + "|".join([":---"] + [":---" if c.fmt == "text" else "---:"
+                                            for c in table.columns]) + "|")
     for row in table.rows:
-        cells = [_esc(row.label)] + [c.text(decimals, SIGNIFICANT) for c in row.cells]
+        cells = [_esc(_group(row.label, row.mechanics_only))] + [
+            _esc(cell.text(decimals, SIGNIFICANT, col.fmt))
+            for col, cell in zip(table.columns, row.cells)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for note in table.notes:

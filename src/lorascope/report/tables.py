@@ -26,6 +26,7 @@ from lorascope.report.model import (
     Row,
     Table,
 )
+from lorascope.report.runs import measure_pairs
 
 CHECKPOINTS = "checkpoints"
 BM25_KEY = "first_stage"
@@ -89,21 +90,6 @@ def display_models(params: Mapping[str, Any], inputs: ReportInputs) -> list[str]
         (set(inputs.evaluations["model"]) | set((inputs.study.get("models") or {}))) - seen - {""}
     )
     return order + extra
-
-
-def _pairs(items: Sequence[Any] | None) -> list[tuple[str, str]]:
-    """``[[label, measure], ...]`` (or ``{label: measure}``) as a list of pairs."""
-    if not items:
-        return []
-    if isinstance(items, Mapping):
-        return [(str(k), str(v)) for k, v in items.items()]
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append((item, item))
-        else:
-            out.append((str(item[0]), str(item[1])))
-    return out
 
 
 def _ev_index(frame: pd.DataFrame) -> dict[tuple, pd.Series]:
@@ -210,7 +196,7 @@ def build_table1(
     if cfg is None:
         return Omitted(key, "Table 1 not produced: the report configures no checkpoint table.")
     adapter = str(cfg.get("adapter") or "")
-    measures = _pairs(cfg.get("measures"))
+    measures = measure_pairs(cfg.get("measures"))
     ev = inputs.evaluations
     ev = ev[
         (ev["sweep"] == CHECKPOINTS)
@@ -446,11 +432,11 @@ def _ablation_table(
     sweeps = _sweeps(cfg)
     adapter = str(cfg.get("adapter") or "")
     if number == 3:
-        measures = _pairs(cfg.get("measures"))
+        measures = measure_pairs(cfg.get("measures"))
     else:
         m = str(cfg.get("measure") or "nDCG@10")
         measures = [(m, m)]
-    wanted_rows = _pairs(cfg.get("rows"))
+    wanted_rows = measure_pairs(cfg.get("rows"))
     sweep_names = ", ".join(f"`{s}`" for s in sweeps) or "(none)"
     present = [s for s in sweeps if inputs.has_sweep(s)]
     if not present:
@@ -614,7 +600,7 @@ def table_records(table: Table, decimals: int) -> list[dict[str, Any]]:
         for col, cell in zip(table.columns, row.cells):
             records.append(
                 {
-                    "table": table.number,
+                    "table": table.number if table.number is not None else table.key,
                     "split": table.split,
                     "row": row.key,
                     "row_label": row.label,
@@ -633,7 +619,7 @@ def table_records(table: Table, decimals: int) -> list[dict[str, Any]]:
                     "p_value": cell.extra.get("p_value"),
                     "p_adjusted": cell.extra.get("p_adjusted"),
                     "queries": cell.extra.get("queries"),
-                    "text": cell.text(decimals),
+                    "text": cell.text(decimals, fmt=col.fmt),
                 }
             )
     return records

@@ -1,0 +1,395 @@
+"""LoRA update anatomy: how large, how spread and how low-rank each module's update is.
+
+For every LoRA module of an extracted adapter (read from its safetensors file; no model is
+loaded), per ``(layer, role)``, the update ``ΔW = s·B·A`` (``s = lora_alpha / r``, or
+``lora_alpha / √r`` with rsLoRA) is described by its singular values ``σ_1 >= ... >= σ_r``,
+obtained from the r×r factorisation (QR of ``B`` and ``Aᵀ``, SVD of ``R_B·R_Aᵀ``;
+:func:`lorascope.compression.lora_svd`) - a d_out×d_in matrix is never formed:
+
+* ``fro`` = ``‖ΔW‖_F = √Σσ_i²``;
+* ``spectral`` = ``‖ΔW‖_2 = σ_1``;
+* ``effective_rank`` = ``exp(H(p))`` with ``p_i = σ_i / Σ_j σ_j`` and
+  ``H(p) = -Σ p_i ln p_i`` (``0·ln 0 = 0``) - the effective rank of Roy & Vetterli (2007):
+  1 for a rank-one update, r when all r singular values are equal; 0 for a zero update;
+* ``stable_rank`` = ``‖ΔW‖_F² / ‖ΔW‖_2²`` (between 1 and the rank; 0 for a zero update);
+* ``sigma``: the singular values themselves (length r, zero-padded when r > min(d_in, d_out));
+* ``params``: the module's adapter parameters, ``r·(d_in + d_out)`` (+ ``d_out`` for DoRA's
+  magnitude vector).
+
+Fused roles are one LoRA module and one row: GPT-NeoX's ``qkv`` (``query_key_value``) is
+reported whole. BERT's roles come from :mod:`lorascope.roles` like every other architecture's.
+
+**DoRA**: the rows describe the ``B·A`` part. DoRA's full update
+``m ⊙ (W + ΔW)/‖W + ΔW‖_row - W`` is full-rank in general and needs the base weight, so it is
+not decomposed; instead ``magnitude_norm = ‖m‖₂`` is always reported, and with the base model
+given (``base_dir``) ``magnitude_shift = ‖m - ‖W‖_row‖₂ / ‖‖W‖_row‖₂``, the relative change of
+the magnitudes from their initial value (DoRA starts from ``m = ‖W‖_row``).
+
+:func:`correlate_with_sweep` relates a per-module quantity (``fro`` by default) to the drops an
+``each_layer_role`` sweep measured (Spearman's rank correlation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorascope import provenance, roles
+from lorascope.contracts import ANATOMY, read_table, write_rows
+
+if TYPE_CHECKING:
+    import torch
+
+    from lorascope.compression import LoraFactors
+
+log = logging.getLogger(__name__)
+
+STAGE = "anatomy"
+Module = tuple[int, str]
+_DROP = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
+QUANTITIES = ("fro", "spectral", "effective_rank", "stable_rank")
+
+
+class AnatomyError(ValueError):
+    """An adapter or summary that cannot be analysed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModuleAnatomy:
+    """One LoRA module's update ``ΔW = s·B·A`` described (see the module docstring)."""
+
+    layer: int
+    role: str
+    module: str
+    rank: int
+    d_in: int
+    d_out: int
+    scaling: float
+    params: int
+    fro: float
+    spectral: float
+    effective_rank: float
+    stable_rank: float
+    sigma: tuple[float, ...]
+    magnitude_norm: float | None = None
+    magnitude_shift: float | None = None
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def effective_rank(sigma: Iterable[float]) -> float:
+    """Roy & Vetterli's effective rank ``exp(-Σ p_i ln p_i)``, ``p_i = σ_i / Σ σ``; 0 when
+    every singular value is 0."""
+    values = [float(s) for s in sigma if s > 0]
+    total = sum(values)
+    if total == 0.0:
+        return 0.0
+    entropy = -sum((s / total) * math.log(s / total) for s in values)
+    return math.exp(entropy)
+
+
+def module_anatomy(
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    *,
+    layer: int = -1,
+    role: str = "",
+    module: str = "",
+    magnitude: torch.Tensor | None = None,
+    base_row_norm: torch.Tensor | None = None,
+) -> ModuleAnatomy:
+    """The anatomy of ``ΔW = scaling·B·A`` from its factors (``A`` r×d_in, ``B`` d_out×r).
+
+    ``magnitude`` (DoRA's m) adds ``magnitude_norm`` and, with ``base_row_norm`` (``‖W‖`` per
+    output row), ``magnitude_shift``.
+    """
+    from lorascope.compression import lora_svd
+
+    svd = lora_svd(lora_a, lora_b)
+    r = int(lora_a.shape[0])
+    sigma = [abs(scaling) * float(s) for s in svd.sigma]
+    sigma += [0.0] * (r - len(sigma))
+    fro = math.sqrt(sum(s * s for s in sigma))
+    spectral = sigma[0] if sigma else 0.0
+    params = lora_a.numel() + lora_b.numel()
+    magnitude_norm = magnitude_shift = None
+    if magnitude is not None:
+        m = magnitude.detach().to("cpu").double().flatten()
+        params += m.numel()
+        magnitude_norm = float(m.norm())
+        if base_row_norm is not None:
+            w = base_row_norm.detach().to("cpu").double().flatten()
+            if w.shape != m.shape:
+                raise AnatomyError(f"{module}: magnitude vector has {m.numel()} entries but "
+                                   f"the base weight has {w.numel()} rows")
+            magnitude_shift = float((m - w).norm() / w.norm()) if float(w.norm()) else None
+    return ModuleAnatomy(
+        layer=layer, role=role, module=module, rank=r, d_in=int(lora_a.shape[1]),
+        d_out=int(lora_b.shape[0]), scaling=float(scaling), params=int(params), fro=fro,
+        spectral=spectral, effective_rank=effective_rank(sigma),
+        stable_rank=(fro * fro) / (spectral * spectral) if spectral > 0 else 0.0,
+        sigma=tuple(sigma), magnitude_norm=magnitude_norm, magnitude_shift=magnitude_shift,
+    )
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _architecture(adapter_dir: Path, names: Iterable[str],
+                  model_type: str | None) -> roles.ArchitectureRoles:
+    """The role mapping: the given model type, else the adapter manifest's, else the first
+    supported architecture that names every LoRA module."""
+    from lorascope import adapters
+
+    if model_type is None and (adapter_dir / adapters.MANIFEST).is_file():
+        model_type = (adapters.read_manifest(adapter_dir).get("base_model") or {}).get(
+            "model_type")
+    if model_type is not None:
+        return roles.roles_for(model_type)
+    names = list(names)
+    for candidate in roles.supported_architectures():
+        arch = roles.roles_for(candidate)
+        if all(roles.parse_module_name(arch, n) is not None for n in names):
+            return arch
+    raise AnatomyError(f"{adapter_dir}: its LoRA modules (e.g. {names[:2]}) match no supported "
+                       f"architecture ({', '.join(roles.supported_architectures())})")
+
+
+def _base_row_norms(base_dir: Path, arch: roles.ArchitectureRoles,
+                    wanted: Iterable[Module]) -> dict[Module, torch.Tensor]:
+    """``‖W‖`` per output row of the base weights of ``wanted`` modules, read tensor by tensor
+    from the base model's safetensors (sharded or not)."""
+    from safetensors import safe_open
+
+    wanted = set(wanted)
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    prefix = arch.layer_prefix.split(".")[0]
+    norms: dict[Module, torch.Tensor] = {}
+    for file in files:
+        path = base_dir / file
+        if not path.is_file():
+            raise AnatomyError(f"{path}: no such base weights file")
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if not key.endswith(".weight"):
+                    continue
+                name = key.removesuffix(".weight")
+                found = (roles.parse_module_name(arch, name)
+                         or roles.parse_module_name(arch, f"{prefix}.{name}"))
+                if found in wanted:
+                    norms[found] = handle.get_tensor(key).double().norm(dim=1)
+    missing = sorted(wanted - set(norms))
+    if missing:
+        raise AnatomyError(f"{base_dir}: no base weights for {missing[:4]} (needed for DoRA's "
+                           "magnitude shift)")
+    return norms
+
+
+def adapter_anatomy(
+    adapter_dir: str | Path, *, model_type: str | None = None, base_dir: str | Path | None = None
+) -> list[ModuleAnatomy]:
+    """Every LoRA module of a saved adapter, sorted by layer then the architecture's role
+    order.
+
+    Args:
+        adapter_dir: an extracted adapter (or any saved peft LoRA adapter).
+        model_type: the architecture; default: the adapter manifest's, else inferred from the
+            module names.
+        base_dir: the base model directory; only read for DoRA adapters, to report the
+            magnitude shift.
+
+    Raises:
+        AnatomyError: naming the adapter, when a LoRA module is no role of the architecture.
+    """
+    from lorascope.compression import read_adapter
+
+    path = Path(adapter_dir)
+    saved = read_adapter(path)
+    arch = _architecture(path, (m.name for m in saved.modules), model_type)
+    keyed: dict[Module, LoraFactors] = {}
+    for module in saved.modules:
+        key = roles.parse_module_name(arch, module.name)
+        if key is None:
+            raise AnatomyError(f"{path}: LoRA module {module.name} is no role of "
+                               f"architecture {arch.model_type!r}")
+        keyed[key] = module
+    row_norms: dict[Module, Any] = {}
+    dora = [k for k, m in keyed.items() if m.magnitude is not None]
+    if dora and base_dir is not None:
+        row_norms = _base_row_norms(Path(base_dir), arch, dora)
+    order = {role: i for i, role in enumerate(arch.roles)}
+    out = []
+    for key in sorted(keyed, key=lambda k: (k[0], order[k[1]])):
+        m = keyed[key]
+        out.append(module_anatomy(m.lora_a, m.lora_b, m.scaling, layer=key[0], role=key[1],
+                                  module=m.name, magnitude=m.magnitude,
+                                  base_row_norm=row_norms.get(key)))
+    return out
+
+
+def anatomy(
+    params: Mapping[str, Any],
+    adapter_dirs_by_step: Mapping[int, str | Path],
+    out_parquet: str | Path,
+    *,
+    base_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The ``anatomy`` stage: every checkpoint of one (model, adapter) into one ANATOMY table.
+
+    Reads each ``adapter_dirs_by_step[step]`` (an extracted adapter) and, for DoRA adapters,
+    the base weights in ``base_dir`` when given; writes ``out_parquet`` (ANATOMY contract, one
+    row per step and LoRA module, provenance inside).
+
+    Args:
+        params: ``{model, adapter}`` (identifying fields copied into every row), optionally
+            ``model_type``.
+        adapter_dirs_by_step: checkpoint step -> extracted adapter directory.
+        out_parquet: the table to write.
+        base_dir: the base model directory (DoRA's magnitude shift only).
+        progress: show a tqdm bar over the checkpoints.
+
+    Returns:
+        ``{rows, steps, modules, fro_total: {step: √Σ‖ΔW‖_F²}}``.
+    """
+    from tqdm.auto import tqdm
+
+    for key in ("model", "adapter"):
+        if not isinstance(params.get(key), str):
+            raise AnatomyError(f"anatomy params: '{key}' must be a string, got "
+                               f"{params.get(key)!r}")
+    if not adapter_dirs_by_step:
+        raise AnatomyError("anatomy: no adapter checkpoints given")
+    rows: list[dict[str, Any]] = []
+    totals: dict[int, float] = {}
+    modules = 0
+    for step in tqdm(sorted(adapter_dirs_by_step), desc="anatomy", unit="checkpoint",
+                     disable=not progress):
+        found = adapter_anatomy(adapter_dirs_by_step[step], model_type=params.get("model_type"),
+                                base_dir=base_dir)
+        modules = max(modules, len(found))
+        totals[int(step)] = math.sqrt(sum(m.fro**2 for m in found))
+        for m in found:
+            rows.append({"model": params["model"], "adapter": params["adapter"],
+                         "step": int(step), **asdict(m), "sigma": list(m.sigma)})
+    record = provenance.record(STAGE, params, base_dir=str(base_dir) if base_dir else None,
+                               adapter_dirs={str(k): str(v)
+                                             for k, v in sorted(adapter_dirs_by_step.items())})
+    write_rows(out_parquet, ANATOMY, rows, record)
+    log.info("anatomy of %s %s: %d checkpoints x %d LoRA modules -> %s", params["model"],
+             params["adapter"], len(adapter_dirs_by_step), modules, out_parquet)
+    return {"rows": len(rows), "steps": sorted(totals), "modules": modules,
+            "fro_total": totals}
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rank correlation of a per-module quantity with the ablation drops.
+
+    ``drop = full - ablated`` (the negated ``delta`` of the summary), so a positive ``rho``
+    means modules with larger updates hurt more when zeroed. ``rho`` and ``p_value`` are NaN
+    when fewer than 3 modules pair up or either side is constant.
+    """
+
+    rho: float
+    p_value: float
+    n: int
+    measure: str
+    quantity: str
+
+
+def drops_from_summary(summary: Mapping[str, Any], measure: str,
+                       where: str = "summary") -> dict[Module, float]:
+    """``{(layer, role): full - ablated}`` from an ``each_layer_role`` sweep's summary entries
+    ``drop_layer_{i:02d}_{role}``.
+
+    Raises:
+        AnatomyError: naming ``where``, when there are no such entries or the measure is absent.
+    """
+    entries = summary.get("ablations")
+    if not isinstance(entries, Mapping):
+        raise AnatomyError(f"{where}: not an evaluate summary (no 'ablations' mapping)")
+    drops: dict[Module, float] = {}
+    for name, entry in entries.items():
+        match = _DROP.match(name)
+        if match is None:
+            continue
+        delta = (entry.get("delta") or {}).get(measure)
+        if delta is None:
+            raise AnatomyError(f"{where}: ablation {name} has no delta for {measure!r} "
+                               f"(measures: {sorted(entry.get('delta') or {})})")
+        drops[(int(match.group(1)), match.group(2))] = -float(delta)
+    if not drops:
+        raise AnatomyError(f"{where}: no drop_layer_<i>_<role> ablations; is this the summary "
+                           "of a `generate: each_layer_role` sweep?")
+    return drops
+
+
+def correlate(values: Mapping[Module, float], drops: Mapping[Module, float], *,
+              measure: str = "", quantity: str = "fro") -> Correlation:
+    """Spearman's rho between ``values`` and ``drops`` over the modules present in both."""
+    from scipy.stats import spearmanr
+
+    common = sorted(set(values) & set(drops))
+    x = [float(values[k]) for k in common]
+    y = [float(drops[k]) for k in common]
+    nan = float("nan")
+    if len(common) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return Correlation(nan, nan, len(common), measure, quantity)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = spearmanr(x, y)
+    return Correlation(float(result.statistic), float(result.pvalue), len(common), measure,
+                       quantity)
+
+
+def correlate_with_sweep(
+    anatomy_parquet: str | Path,
+    summary_json: str | Path,
+    *,
+    measure: str = "nDCG@10",
+    quantity: str = "fro",
+) -> Correlation:
+    """Correlate an ANATOMY table's ``quantity`` with the drops of an ``each_layer_role``
+    sweep, matching the summary's model, adapter and step.
+
+    Raises:
+        AnatomyError: naming the files, when no anatomy row matches the summary's run.
+    """
+    if quantity not in QUANTITIES:
+        raise AnatomyError(f"quantity must be one of {', '.join(QUANTITIES)}, got {quantity!r}")
+    summary = json.loads(Path(summary_json).read_text())
+    drops = drops_from_summary(summary, measure, str(summary_json))
+    table = read_table(anatomy_parquet, ANATOMY,
+                       columns=["model", "adapter", "step", "layer", "role", quantity])
+    run = {k: summary.get(k) for k in ("model", "adapter", "step")}
+    values: dict[Module, float] = {}
+    runs = set()
+    for row in table.to_pylist():
+        if all(run[k] is None or row[k] == run[k] for k in run):
+            values[(row["layer"], row["role"])] = row[quantity]
+            runs.add((row["model"], row["adapter"], row["step"]))
+    if not values:
+        raise AnatomyError(f"{anatomy_parquet}: no rows for model {run['model']!r}, adapter "
+                           f"{run['adapter']!r}, step {run['step']!r} of {summary_json}")
+    if len(runs) > 1:
+        raise AnatomyError(f"{anatomy_parquet}: {len(runs)} checkpoints match {summary_json} "
+                           f"(it names model {run['model']!r}, adapter {run['adapter']!r}, "
+                           f"step {run['step']!r}); the summary must identify one")
+    return correlate(values, drops, measure=measure, quantity=quantity)
