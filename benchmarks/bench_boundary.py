@@ -219,8 +219,7 @@ def lora_count(model: Any) -> tuple[int, int]:
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    params = sum(p.numel() for m in layers for n, p in m.named_parameters()
-                 if ".lora_" in f".{n}" or n.startswith("lora_"))
+    params = sum(p.numel() for m in layers for n, p in m.named_parameters() if "lora_" in n)
     return params, len(layers)
 
 
@@ -234,16 +233,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="model shape (default: tiny on CPU, 1b on CUDA)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
     parser.add_argument("--depth", type=int, default=None,
-                        help="BM25 candidates per query (default: 2 on CPU, 20 on CUDA)")
+                        help="BM25 candidates per query (default: 1 on CPU, 20 on CUDA)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="pair length cap (default: 128 on CPU, 256 on CUDA)")
-    parser.add_argument("--batch-tokens", type=int, default=16384,
-                        help="padded-token budget per batch (evaluate's default)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="padded-token budget per batch (default: 2048 on CPU, evaluate's "
+                             "16384 on CUDA)")
     parser.add_argument("--b", type=int, action="append", default=None,
                         help="a pruning boundary (repeatable; default L/4-1, L/2-1, 3L/4-1, L-2)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup-batches", type=int, default=2)
+    parser.add_argument("--warmup-batches", type=int, default=1,
+                        help="untimed batches (the longest) per variant before timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     parser.add_argument("--vocab", type=int, default=8000, help="BPE vocabulary to train")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -256,24 +257,34 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    transformers.logging.set_verbosity_error()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device.startswith("cuda"):
+        torch.set_num_threads(args.threads)
+    size_name = args.size or ("1b" if device.startswith("cuda") else "tiny")
+
+    with tempfile.TemporaryDirectory(prefix="bench-boundary-") as tmp:
+        return run(args, Path(tmp), device, size_name, started)
+
+
+def run(args: argparse.Namespace, work: Path, device: str, size_name: str,
+        started: float) -> int:
+    """Build everything under ``work``, time the variants, print (and write) the table."""
+    import torch
+    import transformers
+
     from lorascope.boundary import export_pruned
     from lorascope.evaluate import load_adapted
     from lorascope.models.reranker import load_reranker
     from lorascope.scoring import PreparedPairs
     from lorascope.switching import zeroed
 
-    transformers.logging.set_verbosity_error()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
-    size_name = args.size or ("1b" if gpu else "tiny")
     size = SIZES[size_name]
     dtype = "bfloat16" if gpu else "float32"
-    depth = args.depth or (20 if gpu else 2)
+    depth = args.depth or (20 if gpu else 1)
+    batch_tokens = args.batch_tokens or (16384 if gpu else 2048)
     max_length = args.max_length or (256 if gpu else 128)
-    if not gpu:
-        torch.set_num_threads(args.threads)
-
-    work = Path(tempfile.mkdtemp(prefix="bench-boundary-"))
     queries, candidates = dl19_pairs(depth)
     base_dir = build_base(work / "base", size, [t for _, _, t in candidates], dtype=dtype,
                           device=device, vocab=args.vocab, seed=0)
@@ -308,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(Variant(f"pruned 0..{b}, unmerged", b, params, modules, model))
 
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
-                                   max_length=max_length, batch_tokens=args.batch_tokens)
+                                   max_length=max_length, batch_tokens=batch_tokens)
     scores = time_variants(variants, prepared, device, args.repeats, args.warmup_batches)
 
     # ---- exactness: each pruned adapter == the in-place ablation keep_layers_0_b of the full

@@ -68,3 +68,34 @@ def test_data_and_first_stage_run(tmp_path):
     # a second run has nothing to do
     proc = run_snakemake(tmp_path, "-n", "data_all", configfile=REPO / "config.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_analyses_run_end_to_end(tmp_path):
+    """Every stage beyond the paper, for real on a trimmed study: SVD compression sweep and
+    exports, boundary selection + pruning + comparison, the lens and the anatomy, gathered by
+    summarize and rendered in the report."""
+    import pandas as pd
+    from small_study import small_study, with_analyses, write_config
+
+    config = write_config(with_analyses(small_study()), tmp_path / "study.yaml")
+    run_snakemake(tmp_path, "--cores", "2", configfile=config)
+    root = tmp_path / "results" / "small"
+    summary = root / "summary"
+    ev = pd.read_parquet(summary / "evaluations.parquet")
+    assert {"svd_r2", "svd_r1"} <= set(ev[ev["sweep"] == "compression"]["ablation"])
+    assert set(ev[ev["sweep"] == "boundary_pruned"]["ablation"]) == {"full", "pruned"}
+    (row,) = pd.read_parquet(summary / "boundary.parquet").to_dict("records")
+    assert row["selection_split"] == "validation" and 0 <= row["b"] < row["num_layers"] == 4
+    pruned = root / "boundary" / "tiny-llama" / "r4-all" / "step-2" / "pruned"
+    assert json.loads((pruned / "selection.json").read_text())["b"] == row["b"]
+    lens = pd.read_parquet(summary / "lens.parquet")
+    assert set(lens["step"]) == {0, 1, 2} and set(lens["layer"]) == {1, 2, 3, 4}
+    anatomy = pd.read_parquet(summary / "anatomy.parquet")
+    assert set(anatomy["adapter"]) == {"r1-all", "r4-all"} and set(anatomy["step"]) == {1, 2}
+    for rank in (2, 1):
+        exported = root / "compressed" / "tiny-llama" / "r4-all" / "step-2" / f"r{rank}"
+        assert json.loads((exported / "adapter_config.json").read_text())["r"] == rank
+    report = (tmp_path / "reports" / "small" / "report.md").read_text()
+    for heading in ("boundary layer", "relevance lens", "LoRA update anatomy",
+                    "post-hoc rank compression"):
+        assert f"Beyond the paper: {heading}" in report

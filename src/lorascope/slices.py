@@ -176,6 +176,8 @@ def report(study: Study) -> dict[str, Any]:
         "table1": {"adapter": table1, "measures": measures},
         "table2": {"targets": "all", "measure": ev.convergence.measure},
     }
+    if main in ev.final_splits:  # the main split has the last checkpoint only: curves elsewhere
+        out["curves_split"] = conv
     t3 = _table(study, raw["table3"], ["components"], "Both MLP & MHA", full_first=False)
     if t3:
         t3["measures"] = [m for m in measures if m[1] in ("RR(rel=2)", "nDCG@10")] or measures

@@ -9,7 +9,7 @@ from typing import Any
 from lorascope.report import figures as figs
 from lorascope.report.data import ReportInputs, load_reference
 from lorascope.report.model import Document, Figure, Omitted, Section, Table
-from lorascope.report.tables import build_tables, display_models, split_label
+from lorascope.report.tables import build_table1, build_tables, display_models, split_label
 
 
 def _duration(seconds: float) -> str:
@@ -38,7 +38,8 @@ def _provenance(
             "Study",
             [
                 ("study", str(study.get("study") or params.get("study") or "")),
-                ("config hash", str(study.get("config_hash") or "unknown")),
+                ("config hash", str(params.get("config_hash") or study.get("config_hash")
+                                     or "unknown")),
                 ("git commit", str(prov.get("git_commit") or "unknown")),
                 ("created", str(prov.get("created") or "unknown")),
                 ("reference", str(params.get("reference") or "none")),
@@ -157,6 +158,14 @@ def build_document(params: Mapping[str, Any], inputs: ReportInputs) -> Document:
         main_items.append(item)
         if isinstance(item, Table):
             if item.number == 1:
+                curves = params.get("curves_split")
+                if curves and curves != main:
+                    # the main split is evaluated at the last checkpoint only: the curves
+                    # come from the split every checkpoint is evaluated on
+                    curve_table = build_table1(params, inputs, reference, curves, companion=True)
+                    main_items.append(curve_table)
+                    if isinstance(curve_table, Table):
+                        item = curve_table
                 main_items.append(figs.learning_curves(item))
             elif item.number == 2:
                 main_items.append(figs.rank_comparison(item))

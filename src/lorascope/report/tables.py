@@ -229,6 +229,18 @@ def build_table1(
     for model in models:
         steps |= {int(s) for s in (ref.get(model) or {})}
     rows = baseline_rows(inputs, split, columns)
+    last_only = not ref and all(ev[ev["model"] == m]["step"].nunique() == 1 for m in models)
+    if last_only and len(steps) > 1:
+        # a split evaluated at each run's last checkpoint only (evaluation.final_splits):
+        # one row, each model at its own last step (in parentheses)
+        last = {m: int(ev[ev["model"] == m]["step"].iloc[0]) for m in models}
+        cells = [_cell(index.get((c.model, last[c.model], FULL, c.measure)), step=last[c.model])
+                 for c in columns]
+        rows.append(Row("last", "Last checkpoint", cells))
+        notes.append(f"`{split}` is evaluated at the last checkpoint of each run only (its "
+                     "step in parentheses); the curves are on the split every checkpoint is "
+                     "evaluated on.")
+        steps = set()
     for step in sorted(steps):
         cells = []
         for c in columns:
@@ -297,6 +309,7 @@ def build_table2(
         & (ev["targets"] == targets)
         & (ev["split"] == split)
         & (ev["measure"] == measure)
+        & ev["variant"].isin(["", "lora"])  # plain LoRA: variants have their own table
     ]
     if ev.empty:
         return Omitted(
@@ -330,6 +343,7 @@ def build_table2(
 
     rows = baseline_rows(inputs, split, columns, measure)
     fallback: list[str] = []
+    late: list[str] = []
     epsilons, conv_splits, conv_measures = set(), set(), set()
     for rank in sorted(ranks):
         cells = []
@@ -357,16 +371,15 @@ def build_table2(
                 epsilons.add(float(conv["epsilon"]))
                 conv_splits.add(str(conv["split"]))
                 conv_measures.add(str(conv["measure"]))
-            hit = ev[(ev["model"] == c.model) & (ev["adapter"] == adapter) & (ev["step"] == step)]
-            row = hit.iloc[0] if not hit.empty else None
-            cell = _cell(row, step=step)
-            if row is None:
-                cell.step = None
-                notes.append(
-                    f"{inputs.model_label(c.model)} `{adapter}`: the convergence step {step} "
-                    f"was not evaluated on `{split}`."
-                )
-            cells.append(cell)
+            run = ev[(ev["model"] == c.model) & (ev["adapter"] == adapter)]
+            hit = run[run["step"] == step]
+            if hit.empty:  # only the last checkpoint is evaluated on this split
+                last = int(run["step"].max())
+                hit = run[run["step"] == last]
+                late.append(f"{inputs.model_label(c.model)} `{adapter}` (converged at {step}, "
+                            f"shown at {last})")
+                step = last
+            cells.append(_cell(hit.iloc[0], step=step))
         rows.append(Row(str(rank), str(rank), cells))
 
     if conv_splits:
@@ -376,6 +389,11 @@ def build_table2(
             "In parentheses: the convergence step, the first checkpoint whose "
             f"{'/'.join(sorted(conv_measures))} on `{'`, `'.join(sorted(conv_splits))}` is "
             f"within ε = {eps} of the run's best checkpoint.",
+        )
+    if late:
+        notes.append(
+            f"Not evaluated on `{split}` at the convergence step (`{split}` has each run's last "
+            "checkpoint only), so the last checkpoint is shown: " + "; ".join(late) + "."
         )
     if fallback:
         notes.append(
