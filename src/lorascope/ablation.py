@@ -57,6 +57,30 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 GENERATORS = ("each_layer", "each_layer_role", "boundary", "svd")
+_LAYER_ROLE_NAME = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
+_BOUNDARY_NAME = re.compile(r"^keep_layers_0_(\d+)$")
+
+
+def layer_role_name(layer: int, role: str) -> str:
+    """The ``each_layer_role`` ablation that zeroes the one module (layer, role)."""
+    return f"drop_layer_{layer:02d}_{role}"
+
+
+def parse_layer_role_name(name: str) -> tuple[int, str] | None:
+    """(layer, role) of an ``each_layer_role`` ablation name; None for any other name."""
+    m = _LAYER_ROLE_NAME.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def boundary_name(b: int) -> str:
+    """The ``boundary`` ablation that keeps LoRA in layers 0..b."""
+    return f"keep_layers_0_{b:02d}"
+
+
+def parse_boundary_name(name: str) -> int | None:
+    """b of a ``boundary`` ablation name; None for any other name (``full`` included)."""
+    m = _BOUNDARY_NAME.match(name)
+    return int(m.group(1)) if m else None
 SELECTOR_KEYS = ("component", "layers", "roles")
 SPEC_KEYS = ("keep", "drop")
 SWEEP_KEYS = ("ablations", "generate", "ranks")
@@ -386,11 +410,11 @@ def _generate(kind: str, model: _Model) -> list[Ablation]:
         for layer in range(model.num_layers):
             for role in model.roles:
                 zeroed = frozenset({(layer, role)}) & trained
-                out.append(Ablation(f"drop_layer_{layer:02d}_{role}", zeroed))
+                out.append(Ablation(layer_role_name(layer, role), zeroed))
     elif kind == "boundary":
         for b in range(model.num_layers - 1):
             zeroed = frozenset(m for m in trained if m[0] > b)
-            out.append(Ablation(f"keep_layers_0_{b:02d}", zeroed))
+            out.append(Ablation(boundary_name(b), zeroed))
     else:  # pragma: no cover - checked by the caller (svd: _generate_svd)
         raise AssertionError(kind)
     kept = [a for a in out if a.zeroed]

@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def file_digests(adapter_dir: str | Path, names: Iterable[str] = ADAPTER_FILES) -> dict[str, str]:
+    """``{file name: sha256}`` of an adapter's files (a manifest's ``files``)."""
+    return {name: fileio.sha256_file(Path(adapter_dir) / name) for name in names}
 
 
 class AdapterMismatch(ValueError):
@@ -181,7 +186,7 @@ def extract(
                 shutil.copy2(source / name, tmp / name)
         rank = json.loads((tmp / ADAPTER_FILES[1]).read_text())["r"]
         manifest = {
-            "files": {name: fileio.sha256_file(tmp / name) for name in ADAPTER_FILES},
+            "files": file_digests(tmp),
             "base_model": {
                 "source": base.get("source"),
                 "revision": base.get("revision"),

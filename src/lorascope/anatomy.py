@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorascope import provenance, roles
+from lorascope.ablation import parse_layer_role_name
 from lorascope.contracts import ANATOMY, read_table, write_rows
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "anatomy"
 Module = tuple[int, str]
-_DROP = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
 QUANTITIES = ("fro", "spectral", "effective_rank", "stable_rank")
 
 
@@ -327,14 +326,14 @@ def drops_from_summary(summary: Mapping[str, Any], measure: str,
         raise AnatomyError(f"{where}: not an evaluate summary (no 'ablations' mapping)")
     drops: dict[Module, float] = {}
     for name, entry in entries.items():
-        match = _DROP.match(name)
-        if match is None:
+        module = parse_layer_role_name(name)
+        if module is None:
             continue
         delta = (entry.get("delta") or {}).get(measure)
         if delta is None:
             raise AnatomyError(f"{where}: ablation {name} has no delta for {measure!r} "
                                f"(measures: {sorted(entry.get('delta') or {})})")
-        drops[(int(match.group(1)), match.group(2))] = -float(delta)
+        drops[module] = -float(delta)
     if not drops:
         raise AnatomyError(f"{where}: no drop_layer_<i>_<role> ablations; is this the summary "
                            "of a `generate: each_layer_role` sweep?")

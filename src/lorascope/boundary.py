@@ -42,7 +42,7 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from lorascope import adapters, fileio, provenance
-from lorascope.ablation import FULL, Ablation
+from lorascope.ablation import FULL, Ablation, boundary_name, parse_boundary_name
 from lorascope.roles import ArchitectureRoles, module_name, parse_module_name, roles_for
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ COMPARE_STAGE = "compare_pruned"
 PRUNED = "pruned"
 SELECTION = "selection.json"
 WEIGHTS, CONFIG = adapters.ADAPTER_FILES
-BOUNDARY_NAME = re.compile(r"^keep_layers_0_(\d+)$")
 _LORA_KEY = re.compile(r"^(?P<module>.+?)\.lora_[A-Za-z_]+(?:\.|$)")
 
 Module = tuple[int, str]
@@ -147,8 +146,7 @@ def _boundary_points(
 ) -> tuple[dict[int, tuple[str, float]], int]:
     """``{b: (ablation, value)}`` of one summary, and the depth (given or inferred)."""
     ablations: Mapping[str, Any] = summary["ablations"]
-    boundary = {name: int(m.group(1)) for name in ablations
-                if (m := BOUNDARY_NAME.match(name))}
+    boundary = {name: b for name in ablations if (b := parse_boundary_name(name)) is not None}
     if not boundary:
         raise BoundaryError(
             f"{path}: no boundary ablations (keep_layers_0_<b>) among "
@@ -295,8 +293,8 @@ def _source_record(adapter_dir: Path, base_dir: Path) -> tuple[dict[str, Any] | 
     """The source adapter's manifest (verified against the base) and its identity record."""
     manifest_path = adapter_dir / adapters.MANIFEST
     manifest = adapters.verify(adapter_dir, base_dir) if manifest_path.is_file() else None
-    files = {name: fileio.sha256_file(adapter_dir / name) for name in adapters.ADAPTER_FILES
-             if (adapter_dir / name).is_file()}
+    files = adapters.file_digests(
+        adapter_dir, [n for n in adapters.ADAPTER_FILES if (adapter_dir / n).is_file()])
     record = {
         "adapter_dir": str(adapter_dir),
         "files": files,
@@ -401,7 +399,7 @@ def export_pruned(
             fileio.write_text(tmp / CONFIG, json.dumps(
                 _pruned_config(config, arch, kept_modules, b), indent=2, sort_keys=True) + "\n")
         manifest = {
-            "files": {name: fileio.sha256_file(tmp / name) for name in adapters.ADAPTER_FILES},
+            "files": adapters.file_digests(tmp),
             "base_model": (source_manifest or {}).get("base_model") or {
                 "source": base.get("source"),
                 "revision": base.get("revision"),
@@ -513,7 +511,7 @@ def _pruned_manifest(pruned_dir: Path, adapter_dir: Path, base_dir: Path) -> dic
         raise BoundaryError(f"{pruned_dir}/{adapters.MANIFEST}: not a pruned adapter "
                             "(no 'pruned' block)")
     want = (manifest.get("source") or {}).get("files") or {}
-    have = {name: fileio.sha256_file(adapter_dir / name) for name in want}
+    have = adapters.file_digests(adapter_dir, want)
     if want != have:
         raise adapters.AdapterMismatch(
             f"{pruned_dir} was pruned from another adapter than {adapter_dir} "
@@ -605,10 +603,10 @@ def compare(
     from lorascope.contracts import SCORES, ParquetSink
     from lorascope.evaluate import (
         EvalSettings,
-        _read_split,
         _score_rows,
         _summary,
         load_adapted,
+        read_split,
         write_metrics,
     )
     from lorascope.models.reranker import default_device
@@ -628,7 +626,7 @@ def compare(
     settings = EvalSettings.from_params(eval_params)
     device = default_device()
 
-    queries, candidates, qrels = _read_split(split_dir)
+    queries, candidates, qrels = read_split(split_dir)
     record = provenance.record(COMPARE_STAGE, params, base_dir=str(base_dir),
                                adapter_dir=str(adapter_dir), pruned_dir=str(pruned_dir),
                                split_dir=str(split_dir), device=device,
@@ -653,7 +651,7 @@ def compare(
         if name == FULL and timing_settings.check_ablation and dropped:
             with switching.zeroed(model, arch, dropped):
                 check["scores"] = prepared.score(model, device=device, progress=progress,
-                                                 desc=f"keep_layers_0_{info['b']:02d}")
+                                                 desc=boundary_name(info["b"]))
         del model
         gc.collect()
         if device.startswith("cuda"):

@@ -315,7 +315,7 @@ def _source_hashes(adapter_dir: Path) -> dict[str, str]:
     """The source adapter's file hashes: from its manifest when extracted, else computed."""
     if (adapter_dir / adapters.MANIFEST).is_file():
         return dict(adapters.read_manifest(adapter_dir)["files"])
-    return {name: fileio.sha256_file(adapter_dir / name) for name in adapters.ADAPTER_FILES}
+    return adapters.file_digests(adapter_dir)
 
 
 def export_compressed(
@@ -403,7 +403,7 @@ def export_compressed(
         fileio.write_json(tmp / CONFIG, config)
         values = list(energy.values())
         manifest = {
-            "files": {name: fileio.sha256_file(tmp / name) for name in adapters.ADAPTER_FILES},
+            "files": adapters.file_digests(tmp),
             "base_model": source_manifest.get("base_model"),
             "step": source_manifest.get("step"),
             "compression": {

@@ -179,7 +179,8 @@ def load_adapted(
     return model, tokenizer, arch
 
 
-def _read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str, str]], pa.Table]:
+def read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str, str]], pa.Table]:
+    """Queries, candidates ``(qid, docid, text)`` in (qid, rank) order, and qrels."""
     paths = split_paths(Path(split_dir))
     q = read_table(paths["queries"], QUERIES)
     queries = dict(zip(q.column("qid").to_pylist(), q.column("query").to_pylist()))
@@ -233,7 +234,7 @@ def evaluate(
              adapter_dir, device, time.perf_counter() - started, len(available),
              len(settings.ablations))
 
-    queries, candidates, qrels = _read_split(split_dir)
+    queries, candidates, qrels = read_split(split_dir)
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
                                    max_length=settings.max_length,
                                    batch_tokens=settings.batch_tokens, progress=progress)

@@ -78,20 +78,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lorascope import fileio, metrics, provenance
 from lorascope.contracts import (
-    CANDIDATES,
     LENS,
     LENS_QUERIES,
-    QRELS,
-    QUERIES,
-    read_table,
     write_table,
 )
-from lorascope.data.common import split_paths
 from lorascope.roles import ArchitectureRoles, UnsupportedArchitecture
 
 if TYPE_CHECKING:
     import numpy as np
-    import pyarrow as pa
     import torch
 
     from lorascope.scoring import PreparedPairs
@@ -498,19 +492,6 @@ def swap_checkpoint(model: torch.nn.Module, adapter_dir: str | Path, device: str
 # --------------------------------------------------------------------------- stage
 
 
-def _read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str, str]],
-                                                pa.Table]:
-    """Queries, candidates ``(qid, docid, text)`` in (qid, rank) order, and qrels."""
-    paths = split_paths(Path(split_dir))
-    q = read_table(paths["queries"], QUERIES)
-    queries = dict(zip(q.column("qid").to_pylist(), q.column("query").to_pylist()))
-    c = read_table(paths["candidates"], CANDIDATES, columns=["qid", "docid", "rank", "text"])
-    rows = sorted(zip(c.column("qid").to_pylist(), c.column("rank").to_pylist(),
-                      c.column("docid").to_pylist(), c.column("text").to_pylist()))
-    return queries, [(qid, docid, text) for qid, _, docid, text in rows], read_table(
-        paths["qrels"], QRELS)
-
-
 def lens(
     params: Mapping[str, Any],
     base_dir: str | Path,
@@ -537,7 +518,7 @@ def lens(
         ValueError: bad params (naming the key), checkpoints of different runs.
     """
     from lorascope import switching
-    from lorascope.evaluate import load_adapted
+    from lorascope.evaluate import load_adapted, read_split
     from lorascope.models.reranker import default_device
     from lorascope.scoring import PreparedPairs
 
@@ -560,7 +541,7 @@ def lens(
     log.info("loaded %s + %s (step %d) on %s in %.1fs: %d LoRA modules, %d checkpoints",
              base_dir, last_dir, last_step, device, load_seconds, len(modules), len(checkpoints))
 
-    queries, candidates, qrels = _read_split(split_dir)
+    queries, candidates, qrels = read_split(split_dir)
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
                                    max_length=settings.max_length,
                                    batch_tokens=settings.batch_tokens, progress=progress)

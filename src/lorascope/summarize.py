@@ -139,19 +139,24 @@ def training_rows(model: str, adapter: str, train_log: Path) -> list[dict[str, A
         ]
 
 
-def wall_times(root: str | Path) -> dict[str, float]:
-    """Seconds per rule, summed over the Snakemake ``benchmark:`` files under ``root``
+def job_seconds(root: str | Path) -> dict[str, list[float]]:
+    """Each job's seconds per rule, from the Snakemake ``benchmark:`` files under ``root``
     (``<rule>.tsv`` or ``<rule>/.../*.tsv``)."""
     root = Path(root)
-    totals: dict[str, float] = {}
+    jobs: dict[str, list[float]] = {}
     for path in sorted(root.rglob("*.tsv")):
         rel = path.relative_to(root)
         rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows:
-            totals[rule] = totals.get(rule, 0.0) + float(rows[-1]["s"])
-    return {k: round(v, 1) for k, v in sorted(totals.items())}
+            jobs.setdefault(rule, []).append(float(rows[-1]["s"]))
+    return jobs
+
+
+def wall_times(root: str | Path) -> dict[str, float]:
+    """Seconds per rule, summed over its jobs' benchmark files (:func:`job_seconds`)."""
+    return {rule: round(sum(s), 1) for rule, s in sorted(job_seconds(root).items())}
 
 
 def boundary_row(job: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:

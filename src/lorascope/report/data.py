@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from lorascope import contracts
+from lorascope.ablation import parse_layer_role_name
 
 SUMMARY_FILES = {
     "evaluations": ("evaluations.parquet", contracts.EVALUATIONS),
@@ -140,9 +141,6 @@ class ReportInputs:
 
 # ------------------------------------------------------------ per-(layer, role) ablation drops
 
-_DROP_RE = re.compile(r"^drop_layer_(\d+)_([A-Za-z0-9]+)$")
-
-
 def _module_of(
     name: str, zeroed: dict[str, list[tuple[int, str]]] | None
 ) -> tuple[int, str] | None:
@@ -150,8 +148,7 @@ def _module_of(
     if zeroed is not None and name in zeroed:
         mods = zeroed[name]
         return mods[0] if len(mods) == 1 else None
-    m = _DROP_RE.match(name)
-    return (int(m.group(1)), m.group(2)) if m else None
+    return parse_layer_role_name(name)
 
 
 def pick_split(splits: list[str] | set[str], preferred: list[str]) -> str | None:

@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lorascope.ablation import parse_boundary_name
 from lorascope.report import plotting
 from lorascope.report.data import FULL, ReportInputs, layer_role_drops
 from lorascope.report.model import SIGNIFICANT, Figure, Omitted, Table
 from lorascope.report.tables import display_models, split_label
-
-_KEEP_RE = re.compile(r"^keep_layers_0_(\d+)$")
-
 
 # ----------------------------------------------------------------- learning curves (Table 1)
 
@@ -371,9 +369,9 @@ def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure |
         n_layers = inputs.num_layers(model)
         bs: dict[str, int] = {}
         for name in set(mrows["ablation"]):
-            m = _KEEP_RE.match(name)
-            if m:
-                bs[name] = int(m.group(1))
+            b = parse_boundary_name(name)
+            if b is not None:
+                bs[name] = b
             elif zeroed and zeroed.get(name) and name != FULL:
                 bs[name] = min(layer for layer, _ in zeroed[name]) - 1
         last = (n_layers - 1) if n_layers else (max(bs.values(), default=-1) + 1)
