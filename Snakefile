@@ -1,6 +1,6 @@
 # lorascope: where in the network does relevance live?
-# A table of contents: config, validation (workflow/schemas/config.schema.yaml, via
-# lorascope.config), one rule file per stage, and the default target.
+# A table of contents: config, validation (lorascope.study), one rule file per stage of the
+# paper, one per registered analysis (lorascope.analyses.registry), and the default target.
 from snakemake.utils import min_version
 
 min_version("9.20")
@@ -32,7 +32,14 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/adapters.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/analyses.smk"
+
+
+for analysis in registry.ANALYSES:
+
+    include: f"workflow/rules/analyses/{analysis.name}.smk"
+
+
+include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 
 

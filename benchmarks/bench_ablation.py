@@ -44,9 +44,9 @@ def dl19_split(out_dir: Path) -> Path:
 
 
 def read_split(split_dir: Path):
-    from lorascope.evaluate import _read_split
+    from lorascope.data.splits import read_split as read
 
-    return _read_split(split_dir)
+    return read(split_dir)
 
 
 def tiny_base(out_dir: Path, texts: list[str], layers: int = 8, width: int = 128) -> Path:
@@ -66,7 +66,7 @@ def random_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) 
     from peft import LoraConfig, TaskType, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    from lorascope import roles
+    from lorascope.core import roles
     from lorascope.models.reranker import load_reranker
 
     torch.manual_seed(seed)
@@ -85,8 +85,8 @@ def random_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) 
 
 
 def sweep(num_layers: int, count: int):
-    from lorascope.ablation import resolve_sweep
-    from lorascope.roles import roles_for
+    from lorascope.core.ablation import resolve_sweep
+    from lorascope.core.roles import roles_for
 
     spec = {"ablations": {"no_lora": {"drop": "all"}}, "generate": ["each_layer", "boundary"]}
     ablations = resolve_sweep("bench", spec, num_layers=num_layers,
@@ -100,8 +100,8 @@ class InPlace:
     label = "in place"
 
     def __init__(self, base_dir, adapter_dir, queries, candidates) -> None:
-        from lorascope.evaluate import load_adapted
-        from lorascope.scoring import PreparedPairs
+        from lorascope.models.adapted import load_adapted
+        from lorascope.core.scoring import PreparedPairs
 
         t0 = time.perf_counter()
         self.model, tokenizer, self.arch = load_adapted(base_dir, adapter_dir)
@@ -111,7 +111,7 @@ class InPlace:
 
     def run(self, ablation):
         """``(scores, overhead seconds, scoring seconds)`` of one ablation."""
-        from lorascope import switching
+        from lorascope.core import switching
 
         t1 = time.perf_counter()
         with switching.zeroed(self.model, self.arch, ablation.zeroed):
@@ -136,9 +136,9 @@ class ReloadMerge:
         import torch
         from peft import PeftModel
 
-        from lorascope import switching
+        from lorascope.core import switching
         from lorascope.models.reranker import load_reranker
-        from lorascope.scoring import PreparedPairs
+        from lorascope.core.scoring import PreparedPairs
 
         t1 = time.perf_counter()
         base, tokenizer, arch = load_reranker(self.base_dir)

@@ -1,6 +1,6 @@
 """Benchmark: what boundary-layer pruning buys in unmerged scoring throughput.
 
-A boundary-pruned adapter (:func:`lorascope.boundary.export_pruned`) keeps LoRA in layers
+A boundary-pruned adapter (:func:`lorascope.analyses.boundary.export.export_pruned`) keeps LoRA in layers
 ``0..b`` only; loaded with peft, the layers above ``b`` run as plain base linears. This script
 measures how much faster an unmerged pruned adapter scores than the unmerged full one, with
 two bounds: the base model with no adapter (no LoRA work at all) and the full adapter merged
@@ -17,11 +17,11 @@ Everything is built offline in a temporary directory:
 * pruned exports of it at a few boundaries ``b`` (default ``L/4-1, L/2-1, 3L/4-1, L-2``).
 
 Then the embedded DL19 split (BM25 top-``--depth`` of all 43 judged queries) is tokenised once
-(:class:`lorascope.scoring.PreparedPairs`, length-sorted token-budget batches) and scored by
+(:class:`lorascope.core.scoring.PreparedPairs`, length-sorted token-budget batches) and scored by
 every variant, all loaded side by side: warm-up batches untimed, then ``--repeats`` rounds
 with the variants interleaved (the order rotated each round), CUDA synchronised around each
 pass, best pass reported. Each pruned adapter's scores are also checked against the in-place
-ablation ``keep_layers_0_b`` of the full adapter (``lorascope.switching.zeroed``).
+ablation ``keep_layers_0_b`` of the full adapter (``lorascope.core.switching.zeroed``).
 
     python benchmarks/bench_boundary.py                      # CPU, tiny model, < 1 min
     python benchmarks/bench_boundary.py --size 1b            # GPU: bf16, 16 x 2048, GQA
@@ -104,7 +104,7 @@ def build_base(out_dir: Path, size: Size, texts: list[str], *, dtype: str, devic
     import torch
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
-    from lorascope import fileio
+    from lorascope.core import fileio
     from lorascope.models.base import MANIFEST
     from lorascope.models.tiny import train_tokenizer
 
@@ -143,7 +143,7 @@ def build_adapter(base_dir: Path, out_dir: Path, *, rank: int, dtype: str, devic
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
-    from lorascope import roles
+    from lorascope.core import roles
     from lorascope.models.reranker import load_reranker
 
     model, _, arch = load_reranker(base_dir, dtype=dtype, device=device)
@@ -273,11 +273,11 @@ def run(args: argparse.Namespace, work: Path, device: str, size_name: str,
     import torch
     import transformers
 
-    from lorascope.boundary import export_pruned
-    from lorascope.evaluate import load_adapted
+    from lorascope.analyses.boundary.export import export_pruned
+    from lorascope.models.adapted import load_adapted
     from lorascope.models.reranker import load_reranker
-    from lorascope.scoring import PreparedPairs
-    from lorascope.switching import zeroed
+    from lorascope.core.scoring import PreparedPairs
+    from lorascope.core.switching import zeroed
 
     gpu = device.startswith("cuda")
     size = SIZES[size_name]
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, work: Path, device: str, size_name: str,
     }
     print_table(variants, prepared, size_name, size, env, args.rank, args.repeats, max_length)
     if args.json is not None:
-        from lorascope import fileio
+        from lorascope.core import fileio
 
         fileio.write_json(args.json, {
             "size": size_name, "shape": asdict(size), "rank": args.rank,

@@ -7,7 +7,7 @@ Scores the embedded DL19 split (BM25 top-20, 860 pairs, max length 256) with a t
   batch padded to its longest pair - the naive batcher;
 * ``sorted, B pairs``: sorted by length, the same ``B`` pairs per batch (padding removed,
   nothing else changed);
-* ``sorted, budget``: what :class:`lorascope.scoring.PreparedPairs` does by default - sorted,
+* ``sorted, budget``: what :class:`lorascope.core.scoring.PreparedPairs` does by default - sorted,
   packed to ``B x max_length`` padded tokens per batch (the fixed batcher's worst-case memory).
 
 Prints padded/real tokens, pairs/s (best of the repeats) and the speed-up over the fixed
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from lorascope.models.reranker import load_reranker
-    from lorascope.scoring import PreparedPairs, fixed_batches, plan_batches
+    from lorascope.core.scoring import PreparedPairs, fixed_batches, plan_batches
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Both train the same LoRA reranker on the same data, side by side in one process:
 
-* ``lorascope``: :func:`lorascope.train.train` (its own loop: groups tokenised per micro-batch
+* ``lorascope``: :func:`lorascope.training.loop.train` (its own loop: groups tokenised per micro-batch
   by ``encode_pairs``, padded to the micro-batch's longest pair);
 * ``HF Trainer``: what a user would write with ``transformers.Trainer`` + peft: a Dataset
   yielding one group (query, positive, negatives) per item, a collator that tokenises the
@@ -174,12 +174,12 @@ def prepare(work: Path, model: str) -> tuple[Path, Path]:
 
 
 def run_lorascope(base: Path, groups: Path, shape: Shape, out: Path) -> Run:
-    """``lorascope.train.train``, instrumented from outside (nothing in train.py changed):
+    """``lorascope.training.loop.train``, instrumented from outside (nothing in train.py changed):
     ``encode_pairs`` is wrapped to record each micro-batch it builds (exactly what is fed to
     the model) and ``_Loop.step`` to record the end of each optimizer step."""
     import torch
 
-    import lorascope.train as lt
+    import lorascope.training.loop as lt
     from lorascope.models import reranker
 
     run = Run("lorascope")
@@ -255,7 +255,7 @@ def run_hf_trainer(
         TrainingArguments,
     )
 
-    from lorascope import roles
+    from lorascope.core import roles
 
     gs = shape.group_size
 
@@ -302,7 +302,7 @@ def run_hf_trainer(
         def _get_train_sampler(self, train_dataset=None):
             if not same_order:
                 return super()._get_train_sampler(train_dataset)
-            from lorascope.train_data import GroupOrder
+            from lorascope.training.groups import GroupOrder
 
             return GroupOrder(len(self.train_dataset), shape.seed).permutation(0)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import build_base
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREC_DL = REPO.parent / "shared" / "data" / "trec-dl"
 
@@ -27,3 +29,24 @@ def shared_trec_dl() -> Path:
     if not SHARED_TREC_DL.is_dir():
         pytest.skip(f"the shared TREC DL files are not at {SHARED_TREC_DL}")
     return SHARED_TREC_DL
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine OpenMP threads that
+    wait for a busy core turn a 5 ms forward pass into a second. A module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    """Random tiny base models (3 layers, width 32) of each architecture family, built once
+    per module."""
+    root = tmp_path_factory.mktemp("bases")
+    return {t: build_base(root / t, t) for t in ("llama", "gpt_neox", "bert")}

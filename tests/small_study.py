@@ -108,6 +108,32 @@ def small_study(name: str = "small") -> dict[str, Any]:
     return copy.deepcopy(raw)
 
 
+#: The analysis jobs :func:`with_rerun_analyses` adds (labelled like :data:`JOBS`).
+RERUN_ANALYSIS_JOBS = frozenset(
+    {
+        evaluate_job("r1-all", 2, "boundary", "validation"),
+        f"prune_boundary[{MODEL}/r1-all/2]",
+        f"compare_boundary[{MODEL}/r1-all/2/dl19]",
+        f"lens[{MODEL}/r1-all/validation]",
+    }
+)
+
+
+def with_rerun_analyses(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` plus the cheapest study that runs an analysis of each kind of dependency: a
+    boundary sweep on the validation split with pruning compared on dl19 (it reads evaluate's
+    outputs) and the relevance lens on validation (it reads the checkpoints only). Adds exactly
+    :data:`RERUN_ANALYSIS_JOBS`."""
+    raw = copy.deepcopy(raw)
+    raw["sweeps"]["boundary"] = {"adapters": ["r1-all"], "splits": ["validation"],
+                                 "generate": "boundary"}
+    raw["analyses"] = {
+        "boundary": {"sweep": "boundary", "splits": ["dl19"]},
+        "lens": {"adapters": ["r1-all"], "splits": ["validation"]},
+    }
+    return raw
+
+
 def with_analyses(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` plus every stage beyond the paper: a rank-4 adapter with an SVD compression
     sweep, a boundary sweep with pruning, the relevance lens and the update anatomy."""

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lorascope.ablation import (
+from lorascope.core.ablation import (
     FULL,
     Ablation,
     AblationError,
@@ -16,7 +16,7 @@ from lorascope.ablation import (
     resolve_sweep,
     resolve_sweeps,
 )
-from lorascope.roles import roles_for
+from lorascope.core.roles import roles_for
 
 LLAMA = roles_for("llama")
 NEOX = roles_for("gpt_neox")
@@ -339,5 +339,5 @@ def test_error_is_a_value_error() -> None:
 
 def test_module_imports_no_torch() -> None:
     """The workflow resolves sweeps at DAG-build time: no torch import allowed."""
-    code = "import sys, lorascope.ablation; sys.exit('torch' in sys.modules)"
+    code = "import sys, lorascope.core.ablation; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -13,20 +13,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-from test_switching import build_adapter, build_base
+from helpers import build_adapter
 
-from lorascope import roles
-from lorascope.anatomy import (
-    AnatomyError,
-    adapter_anatomy,
-    anatomy,
+from lorascope.core import roles
+from lorascope.analyses.anatomy import ANATOMY
+from lorascope.analyses.anatomy.correlation import (
     correlate,
     correlate_with_sweep,
     drops_from_summary,
+)
+from lorascope.analyses.anatomy.maths import (
+    AnatomyError,
+    adapter_anatomy,
     effective_rank,
     module_anatomy,
 )
-from lorascope.contracts import ANATOMY, read_provenance, read_table
+from lorascope.analyses.anatomy.stage import anatomy
+from lorascope.core.contracts import read_provenance, read_table
 
 
 def dense_reference(delta: np.ndarray, r: int) -> dict:
@@ -70,12 +73,6 @@ def test_effective_rank_definition() -> None:
 
 
 # --------------------------------------------------------------------------- adapters
-
-
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bases")
-    return {t: build_base(root / t, t) for t in ("llama", "gpt_neox", "bert")}
 
 
 def _dense_from_file(adapter_dir: Path) -> dict[str, np.ndarray]:

@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
-    as_tensor,
-    build_adapter,
-    build_base,
-    one_thread,
-    prepare,
-    toy_pairs,
-)
+from helpers import as_tensor, build_adapter, build_base, prepare, write_toy_split
 
-from lorascope import adapters, fileio
-from lorascope.boundary import BoundaryError, export_pruned, prune, select_boundary
-from lorascope.contracts import METRICS, SCORES, read_table
-from lorascope.data.common import write_split
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from lorascope.core import adapters
+from lorascope.extraction import extract_adapter
+from lorascope.core import fileio
+from lorascope.analyses.boundary.selection import BoundaryError, select_boundary
+from lorascope.analyses.boundary.export import export_pruned
+from lorascope.analyses.boundary.prune import prune_boundary as prune
+from lorascope.core.contracts import METRICS, SCORES, read_table
 
 LAYERS = 4
 MEASURES = ["nDCG@10", "RR(rel=2)"]
@@ -68,7 +65,7 @@ def extracted_adapter(root: Path, base: Path, name: str, **kwargs) -> Path:
     train = root / f"train-{name}"
     build_adapter(base, train / "step-10", **kwargs)
     out = root / f"adapter-{name}"
-    adapters.extract({"model": "tiny", "adapter": name, "step": 10}, train, base, out)
+    extract_adapter({"model": "tiny", "adapter": name, "step": 10}, train, base, out)
     return out
 
 
@@ -104,18 +101,8 @@ def models(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def split(models) -> Path:
-    queries, candidates = toy_pairs(n_queries=5, per_query=8, seed=4)
-    rng = random.Random(0)
     out = models["root"] / "split"
-    write_split(
-        out,
-        [{"qid": q, "query": t} for q, t in queries.items()],
-        [{"qid": q, "docid": d, "rank": i % 8 + 1, "first_stage_score": 10.0 - i % 8,
-          "text": t} for i, (q, d, t) in enumerate(candidates)],
-        [{"qid": q, "docid": d, "relevance": rng.choice([0, 0, 1, 2, 3])}
-         for q, d, _ in candidates],
-        {"test": True},
-    )
+    write_toy_split(out)
     return out
 
 
@@ -182,8 +169,8 @@ def test_pruned_adapter_equals_in_place_ablation(models, which, tmp_path) -> Non
     """The exported adapter, loaded by plain peft, scores exactly like keep_layers_0_b."""
     import torch
 
-    from lorascope.evaluate import load_adapted
-    from lorascope.switching import lora_modules, zeroed
+    from lorascope.models.adapted import load_adapted
+    from lorascope.core.switching import lora_modules, zeroed
 
     base, adapter = models[which]
     b = 1
@@ -216,7 +203,7 @@ def test_pruned_adapter_equals_in_place_ablation(models, which, tmp_path) -> Non
 
 
 def test_fraction_removed_is_the_parameter_ratio(models, tmp_path) -> None:
-    from lorascope.evaluate import load_adapted
+    from lorascope.models.adapted import load_adapted
 
     base, adapter = models["llama"]
     full, _, _ = load_adapted(base, adapter)
@@ -282,7 +269,7 @@ def test_prune_stage_writes_selection(models, tmp_path) -> None:
     manifest = prune({"measure": "nDCG@10", "model": "tiny"}, summary, adapter, base, out)
     selection = json.loads((out / "selection.json").read_text())
     assert selection["b"] == manifest["pruned"]["b"] == 2
-    assert selection["provenance"]["stage"] == "prune_adapter"
+    assert selection["provenance"]["stage"] == "prune_boundary"
     assert manifest["selection"] == {"measure": "nDCG@10", "value": 0.7,
                                      "sources": [str(summary)]}
     assert manifest["params"] == {"measure": "nDCG@10", "model": "tiny"}
@@ -291,7 +278,7 @@ def test_prune_stage_writes_selection(models, tmp_path) -> None:
 
 
 def test_compare_stage(models, split, tmp_path) -> None:
-    from lorascope.boundary import compare
+    from lorascope.analyses.boundary.compare import compare_boundary as compare
 
     base, adapter = models["llama"]
     pruned = tmp_path / "pruned"
@@ -329,7 +316,7 @@ def test_compare_stage(models, split, tmp_path) -> None:
     assert boundary["speedup"] == pytest.approx(full["seconds"] / cut["seconds"], rel=1e-3)
     assert boundary["ablation_check"]["max_abs_diff"] <= 1e-6
     assert full["lora_params"] == 2 * cut["lora_params"]
-    assert summary["provenance"]["stage"] == "compare_pruned"
+    assert summary["provenance"]["stage"] == "compare_boundary"
     assert summary["provenance"]["params"] == params
 
     # the full rows are the adapter's own scores, the pruned rows differ from them
@@ -340,7 +327,7 @@ def test_compare_stage(models, split, tmp_path) -> None:
 
 
 def test_compare_refuses_a_pruned_adapter_of_another_adapter(models, split, tmp_path) -> None:
-    from lorascope.boundary import compare
+    from lorascope.analyses.boundary.compare import compare_boundary as compare
 
     base, adapter = models["llama"]
     other = extracted_adapter(tmp_path, base, "other", seed=5)

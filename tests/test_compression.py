@@ -13,27 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
-    as_tensor,
-    assert_same_state,
-    build_adapter,
-    build_base,
-    load_adapted,
-    model_state,
-    one_thread,
-    prepare,
-)
+from helpers import as_tensor, assert_same_state, build_adapter, load_adapted, model_state, prepare
 
-from lorascope import fileio, roles
-from lorascope.compression import (
-    CompressionError,
-    adapter_rank,
-    energy_kept,
-    export_compressed,
-    lora_svd,
-    read_adapter,
-    truncate_factors,
-)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from lorascope.core import fileio, roles
+from lorascope.core.lora_factors import FactorError, energy_kept
+from lorascope.core.lora_factors import adapter_rank, lora_svd, read_adapter, truncate_factors
+from lorascope.analyses.compression.stage import export_compressed
 
 # --------------------------------------------------------------------------- maths (numpy)
 
@@ -98,9 +85,9 @@ def test_energy_and_bad_ranks() -> None:
     assert energy_kept(torch.tensor([3.0, 4.0]), 1) == pytest.approx(9 / 25)
     a, b = _factors(3, 4, 5)
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(CompressionError, match="positive int"):
+        with pytest.raises(FactorError, match="positive int"):
             truncate_factors(a, b, bad)
-    with pytest.raises(CompressionError, match="do not chain"):
+    with pytest.raises(FactorError, match="do not chain"):
         truncate_factors(a, b[:, :2], 1)
 
 
@@ -141,12 +128,6 @@ def load_double(base_dir: Path, adapter_dir: Path):
     return model, tokenizer, arch
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bases")
-    return {t: build_base(root / t, t) for t in ("llama", "gpt_neox", "bert")}
-
-
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}")
 def adapted(request, bases, tmp_path_factory):
     model_type, variant = request.param
@@ -161,13 +142,13 @@ def adapted(request, bases, tmp_path_factory):
 
 
 def _every(model, arch) -> set:
-    from lorascope.switching import lora_modules
+    from lorascope.core.switching import lora_modules
 
     return set(lora_modules(model, arch))
 
 
 def test_truncation_at_full_rank_reproduces_scores(adapted) -> None:
-    from lorascope.switching import truncated
+    from lorascope.core.switching import truncated
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     with truncated(model, arch, _every(model, arch), 4) as energy:
@@ -180,7 +161,7 @@ def test_truncation_at_full_rank_reproduces_scores(adapted) -> None:
 @pytest.mark.parametrize("rank", [1, 2])
 def test_in_place_truncation_equals_exported_adapter(adapted, rank, tmp_path) -> None:
     """In-place rank-k truncation == export_compressed(..., k) loaded with plain peft."""
-    from lorascope.switching import truncated
+    from lorascope.core.switching import truncated
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     with truncated(model, arch, _every(model, arch), rank) as energy:
@@ -204,7 +185,7 @@ def test_in_place_truncation_equals_exported_adapter(adapted, rank, tmp_path) ->
 def test_restoration_is_bitwise(adapted) -> None:
     import torch
 
-    from lorascope.switching import truncated
+    from lorascope.core.switching import truncated
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     before = model_state(model)
@@ -218,7 +199,7 @@ def test_restoration_is_bitwise(adapted) -> None:
 def test_restored_on_exception_and_subset(bases, tmp_path) -> None:
     import torch
 
-    from lorascope.switching import lora_modules, truncated
+    from lorascope.core.switching import lora_modules, truncated
 
     adapter = build_adapter(bases["llama"], tmp_path / "a")
     model, _, arch = load_adapted(bases["llama"], adapter)
@@ -244,7 +225,7 @@ def _state_key(model, layer, part: str) -> str:
 
 
 def test_truncation_errors(bases, tmp_path) -> None:
-    from lorascope.switching import SwitchingError, lora_modules, truncated
+    from lorascope.core.switching import SwitchingError, lora_modules, truncated
 
     adapter = build_adapter(bases["gpt_neox"], tmp_path / "mlp", targets="mlp")
     model, _, arch = load_adapted(bases["gpt_neox"], adapter)
@@ -307,19 +288,19 @@ def test_export_of_a_bare_checkpoint_hashes_its_files(bases, tmp_path) -> None:
 
 def test_export_refusals(bases, tmp_path) -> None:
     adapter = build_adapter(bases["llama"], tmp_path / "src")
-    with pytest.raises(CompressionError, match="rank-4 adapter to rank 5"):
+    with pytest.raises(FactorError, match="rank-4 adapter to rank 5"):
         export_compressed(adapter, tmp_path / "x", 5)
-    with pytest.raises(CompressionError, match="positive int"):
+    with pytest.raises(FactorError, match="positive int"):
         export_compressed(adapter, tmp_path / "x", 0)
     config_file = adapter / "adapter_config.json"
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "init_lora_weights": "pissa_niter_4"}))
-    with pytest.raises(CompressionError, match="adapter_config.json: init_lora_weights="
+    with pytest.raises(FactorError, match="adapter_config.json: init_lora_weights="
                                                "'pissa_niter_4' rewrites the base weights"):
         export_compressed(adapter, tmp_path / "x", 2)
     config_file.write_text(json.dumps({**config, "lora_bias": True}))
-    with pytest.raises(CompressionError, match="lora_bias"):
+    with pytest.raises(FactorError, match="lora_bias"):
         export_compressed(adapter, tmp_path / "x", 2)
     assert not (tmp_path / "x").exists()
-    with pytest.raises(CompressionError, match="no such file"):
+    with pytest.raises(FactorError, match="no such file"):
         read_adapter(tmp_path)

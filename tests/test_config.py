@@ -7,7 +7,8 @@ import copy
 import pytest
 import yaml
 
-from lorascope.config import ConfigError, load_study, load_study_file
+from lorascope.study.parse import load_study, load_study_file
+from lorascope.study.spec import ConfigError
 
 BASE = {
     "study": "t",
@@ -218,7 +219,7 @@ def test_svd_sweep_and_analyses_parsed():
     assert compression.generate == "svd" and compression.ranks == (4, 2, 1)
     assert compression.spec() == {"ablations": {}, "generate": "svd", "ranks": [4, 2, 1]}
     assert study.sweeps["boundary"].ranks is None and "ranks" not in study.sweeps["boundary"].spec()
-    boundary, lens, anatomy = study.analyses.boundary, study.analyses.lens, study.analyses.anatomy
+    boundary, lens, anatomy = study.analysis("boundary"), study.analysis("lens"), study.analysis("anatomy")
     # defaults: the convergence measure; every split but the convergence (selection) split
     assert (boundary.sweep, boundary.measure, boundary.splits) == ("boundary", "nDCG@10", ("dl19",))
     assert boundary.selection_split == "validation"  # the convergence split
@@ -227,9 +228,9 @@ def test_svd_sweep_and_analyses_parsed():
     assert lens.selects(model) == ["r8-all"]
     assert anatomy.selects(model) == ["r1-all", "r8-all", "r8-all-dora"]
     raw["analyses"] = {"lens": {}}
-    lens = load_study(raw).analyses.lens
+    lens = load_study(raw).analysis("lens")
     assert lens.splits == ("validation",) and lens.adapters is None  # convergence split
-    assert load_study(raw).analyses.boundary is None and load_study(BASE).analyses.lens is None
+    assert load_study(raw).analysis("boundary") is None and load_study(BASE).analysis("lens") is None
 
 
 def test_hash_covers_variants_and_analyses():
@@ -245,7 +246,7 @@ def test_hash_covers_variants_and_analyses():
 
 
 def test_final_splits_evaluate_the_last_checkpoint_only():
-    from lorascope.plan import CHECKPOINTS, evaluation_jobs
+    from lorascope.study.plan import CHECKPOINTS, evaluation_jobs
 
     raw = copy.deepcopy(BASE)
     raw["evaluation"] = {"splits": ["validation"], "final_splits": ["dl19", "validation"]}

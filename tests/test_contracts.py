@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lorascope.contracts import (
+from lorascope.core.contracts import (
     CANDIDATES,
     QRELS,
     TRAIN_GROUPS,

@@ -8,9 +8,10 @@ import json
 import pyarrow.compute as pc
 import pytest
 
-from lorascope.contracts import CANDIDATES, QRELS, QUERIES, TRAIN_GROUPS, read_provenance, read_table
+from lorascope.core.contracts import CANDIDATES, QRELS, QUERIES, TRAIN_GROUPS, read_provenance, read_table
 from lorascope.data import embedded
-from lorascope.data.common import make_groups, select_queries, split_paths
+from lorascope.data.common import make_groups, select_queries
+from lorascope.data.splits import split_paths
 from lorascope.data.prepare import prepare_split, prepare_train
 
 TRAIN = {

@@ -1,4 +1,4 @@
-"""GPU device choice per job (lorascope.devices), tested without a GPU: device slots are lock
+"""GPU device choice per job (lorascope.core.devices), tested without a GPU: device slots are lock
 files, so concurrent processes, exits and kept environments behave as on a GPU machine."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from workflow_utils import REPO, run_snakemake, snakemake_bin
 
-from lorascope import devices
+from lorascope.core import devices
 
 HOLDER = textwrap.dedent(
     """
     import os, sys
-    from lorascope.devices import claim
+    from lorascope.core.devices import claim
     c = claim(int(sys.argv[1]), timeout=float(sys.argv[2]), poll_seconds=0.05)
     print(os.environ["CUDA_VISIBLE_DEVICES"], c.source, flush=True)
     sys.stdin.readline()  # hold the devices until the test says go
@@ -171,7 +171,7 @@ def test_cli_sets_the_device_before_the_subcommand(tmp_path):
 GPU_JOB = textwrap.dedent(
     """
     import os, sys, time
-    from lorascope.devices import claim
+    from lorascope.core.devices import claim
     claim(1, timeout=0)  # fails at once if the device this job should get is busy
     start = time.time()
     os.makedirs("started", exist_ok=True)

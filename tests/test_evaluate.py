@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
-    build_adapter,
-    build_base,
-    load_adapted,
-    one_thread,
-    toy_pairs,
-)
+from helpers import build_adapter, build_base, load_adapted, toy_pairs, write_toy_split
 
-from lorascope import metrics
-from lorascope.ablation import resolve_sweep
-from lorascope.contracts import METRICS, SCORES, read_provenance, read_table
-from lorascope.data.common import write_split
-from lorascope.roles import roles_for
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from lorascope.core import metrics
+from lorascope.core.ablation import resolve_sweep
+from lorascope.core.contracts import METRICS, SCORES, read_provenance, read_table
+from lorascope.core.roles import roles_for
 
 MEASURES = ["nDCG@10", "RR(rel=2)", "AP(rel=2)"]
 SWEEP = {"ablations": {"no_lora": {"drop": "all"},
@@ -37,17 +31,7 @@ def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("evaluate")
     base = build_base(root / "base", "llama", layers=2)
     adapter = build_adapter(base, root / "adapter")
-    queries, candidates = toy_pairs(n_queries=5, per_query=8, seed=4)
-    rng = random.Random(0)
-    write_split(
-        root / "split",
-        [{"qid": q, "query": t} for q, t in queries.items()],
-        [{"qid": q, "docid": d, "rank": i % 8 + 1, "first_stage_score": 10.0 - i % 8, "text": t}
-         for i, (q, d, t) in enumerate(candidates)],
-        [{"qid": q, "docid": d, "relevance": rng.choice([0, 0, 1, 2, 3])}
-         for q, d, _ in candidates],
-        {"test": True},
-    )
+    queries, candidates = write_toy_split(root / "split")
     ablations = resolve_sweep("components", SWEEP, num_layers=2,
                               arch_roles=roles_for("llama").roles)
     params = {
@@ -69,10 +53,10 @@ def outputs(root: Path, tag: str) -> tuple[Path, Path, Path]:
 
 @pytest.fixture(scope="module")
 def evaluated(setup) -> dict:
-    from lorascope.evaluate import evaluate
+    from lorascope.evaluate import score_sweep
 
     scores, metrics_path, summary = outputs(setup["root"], "out")
-    evaluate(setup["params"], setup["base"], setup["adapter"], setup["split"], scores,
+    score_sweep(setup["params"], setup["base"], setup["adapter"], setup["split"], scores,
              metrics_path, summary, progress=False)
     return {"scores": read_table(scores, SCORES).to_pylist(),
             "metrics": read_table(metrics_path, METRICS).to_pylist(),
@@ -81,7 +65,7 @@ def evaluated(setup) -> dict:
 
 def test_scores_table(setup, evaluated) -> None:
     """One row per ablation and candidate; full equals an independent scoring, bitwise."""
-    from lorascope.scoring import PreparedPairs
+    from lorascope.core.scoring import PreparedPairs
 
     rows = evaluated["scores"]
     names, candidates = setup["names"], setup["candidates"]
@@ -107,8 +91,8 @@ def test_scores_table(setup, evaluated) -> None:
 def test_metrics_table(setup, evaluated) -> None:
     rows = evaluated["metrics"]
     assert len(rows) == len(setup["names"]) * len(setup["queries"]) * len(MEASURES)
-    from lorascope.contracts import QRELS
-    from lorascope.data.common import split_paths
+    from lorascope.core.contracts import QRELS
+    from lorascope.data.splits import split_paths
 
     qrels = read_table(split_paths(setup["split"])["qrels"], QRELS)
     full_run = [(r["qid"], r["docid"], r["score"]) for r in evaluated["scores"]
@@ -147,21 +131,21 @@ def test_summary(setup, evaluated) -> None:
 
 
 def test_missing_module_fails_before_scoring(setup, tmp_path) -> None:
-    from lorascope.evaluate import evaluate
-    from lorascope.switching import SwitchingError
+    from lorascope.evaluate import score_sweep
+    from lorascope.core.switching import SwitchingError
 
     mlp_adapter = build_adapter(setup["base"], tmp_path / "mlp", targets="mlp")
     params = {**setup["params"], "ablations": [{"name": "no_attn", "zeroed": [[0, "q"]]}]}
     out = outputs(tmp_path, "x")
     with pytest.raises(SwitchingError, match="ablation 'no_attn'.*no LoRA on layer 0 q"):
-        evaluate(params, setup["base"], mlp_adapter, setup["split"], *out, progress=False)
+        score_sweep(params, setup["base"], mlp_adapter, setup["split"], *out, progress=False)
     assert not any(p.exists() for p in out)
 
 
 def test_reproduction_failure_is_an_error(setup, tmp_path, monkeypatch) -> None:
     """A switch that does not restore the adapter is caught by re-scoring full."""
-    from lorascope import switching
-    from lorascope.evaluate import ReproductionError, evaluate
+    from lorascope.core import switching
+    from lorascope.evaluate import ReproductionError, score_sweep
 
     @contextmanager
     def leaky(model, arch, modules):
@@ -172,13 +156,13 @@ def test_reproduction_failure_is_an_error(setup, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(switching, "zeroed", leaky)
     out = outputs(tmp_path, "x")
     with pytest.raises(ReproductionError, match="re-scoring 'full' after the sweep changed"):
-        evaluate(setup["params"], setup["base"], setup["adapter"], setup["split"], *out,
+        score_sweep(setup["params"], setup["base"], setup["adapter"], setup["split"], *out,
                  progress=False)
     assert not any(p.exists() for p in out)
 
 
 def test_params_checks() -> None:
-    from lorascope.evaluate import EvalSettings
+    from lorascope.core.results import EvalSettings
 
     base = {"ablations": [{"name": "x", "zeroed": [[0, "q"]]}], "metrics": ["nDCG@10"]}
     settings = EvalSettings.from_params(base)
@@ -200,14 +184,14 @@ def test_params_checks() -> None:
 @pytest.fixture(scope="module")
 def compressed(setup) -> dict:
     """An `svd` sweep (ranks 4, 2, 1 of a rank-4 adapter: 4 is skipped) through evaluate."""
-    from lorascope.evaluate import evaluate
+    from lorascope.evaluate import score_sweep
 
     ablations = resolve_sweep("compression", {"generate": "svd", "ranks": [4, 2, 1]},
                               num_layers=2, arch_roles=roles_for("llama"), rank=4)
     params = {**setup["params"], "sweep": "compression",
               "ablations": [a.to_params() for a in ablations]}
     scores, metrics_path, summary = outputs(setup["root"], "svd")
-    evaluate(params, setup["base"], setup["adapter"], setup["split"], scores, metrics_path,
+    score_sweep(params, setup["base"], setup["adapter"], setup["split"], scores, metrics_path,
              summary, progress=False)
     by_ablation: dict[str, dict] = {}
     for row in read_table(scores, SCORES).to_pylist():
@@ -218,8 +202,8 @@ def compressed(setup) -> dict:
 
 def test_svd_sweep_scores_truncated_adapters(setup, compressed) -> None:
     """svd_r<k> equals scoring the adapter truncated in place independently, bitwise."""
-    from lorascope.scoring import PreparedPairs
-    from lorascope.switching import lora_modules, truncated
+    from lorascope.core.scoring import PreparedPairs
+    from lorascope.core.switching import lora_modules, truncated
 
     scores = compressed["scores"]
     assert list(scores) == ["full", "svd_r2", "svd_r1"]
@@ -249,9 +233,9 @@ def test_broken_truncation_restore_is_caught(setup, compressed, tmp_path, monkey
     """A truncation that leaves the factors truncated fails the reproduction check."""
     import torch
 
-    from lorascope import switching
-    from lorascope.compression import truncate_factors
-    from lorascope.evaluate import ReproductionError, evaluate
+    from lorascope.core import switching
+    from lorascope.core.lora_factors import truncate_factors
+    from lorascope.evaluate import ReproductionError, score_sweep
 
     @contextmanager
     def leaky(model, arch, modules, rank):
@@ -268,13 +252,13 @@ def test_broken_truncation_restore_is_caught(setup, compressed, tmp_path, monkey
     monkeypatch.setattr(switching, "truncated", leaky)
     out = outputs(tmp_path, "x")
     with pytest.raises(ReproductionError, match="re-scoring 'full' after the sweep changed"):
-        evaluate(compressed["params"], setup["base"], setup["adapter"], setup["split"], *out,
+        score_sweep(compressed["params"], setup["base"], setup["adapter"], setup["split"], *out,
                  progress=False)
     assert not any(p.exists() for p in out)
 
 
 def test_params_refuse_a_truncated_full() -> None:
-    from lorascope.evaluate import EvalSettings
+    from lorascope.core.results import EvalSettings
 
     with pytest.raises(ValueError, match="'full' must zero and truncate nothing"):
         EvalSettings.from_params({"metrics": ["nDCG@10"], "ablations": [
@@ -298,7 +282,7 @@ def test_reproduction_batches() -> None:
 @pytest.fixture(scope="module")
 def hundred(setup) -> dict:
     """100 pairs in small batches: more than the check's 64."""
-    from lorascope.scoring import PreparedPairs
+    from lorascope.core.scoring import PreparedPairs
 
     model, tokenizer, arch = load_adapted(setup["base"], setup["adapter"])
     queries, candidates = toy_pairs(n_queries=10, per_query=10, seed=9)
@@ -337,7 +321,7 @@ def test_reproduction_check_scores_the_first_64_pairs(hundred, caplog) -> None:
 def test_reproduction_check_catches_a_leaked_switch(hundred) -> None:
     """A module left switched off changes the checked scores: caught on the first batches."""
     from lorascope.evaluate import ReproductionError, _check_reproduction
-    from lorascope.switching import lora_modules
+    from lorascope.core.switching import lora_modules
 
     model, prepared = hundred["model"], hundred["prepared"]
     layer = lora_modules(model, hundred["arch"])[(1, "down")]

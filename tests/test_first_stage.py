@@ -7,10 +7,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from lorascope import metrics
-from lorascope.contracts import METRICS, read_table
+from lorascope.core import metrics
+from lorascope.core.contracts import METRICS, read_table
 from lorascope.data.prepare import prepare_split
-from lorascope.first_stage import evaluate
+from lorascope.first_stage import evaluate_first_stage as evaluate
 
 MEASURES = ["nDCG@10", "RR(rel=2)", "AP(rel=2)"]
 

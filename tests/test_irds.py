@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import contracts
+from lorascope.core import contracts
 from lorascope.data import common
 
 NS = "msmarco-passage"
@@ -120,7 +120,7 @@ PRELUDE = """
 import json, logging, sys, traceback
 logging.basicConfig(level=logging.INFO)
 from lorascope.data import irds, common
-from lorascope import contracts
+from lorascope.core import contracts
 
 def _expect_error(fn):
     try:

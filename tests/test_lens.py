@@ -11,25 +11,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
-    build_adapter,
-    build_base,
-    load_adapted,
-    one_thread,
-    prepare,
-    toy_pairs,
-)
+from helpers import build_adapter, build_base, load_adapted, prepare, toy_pairs, write_toy_split
 
-from lorascope import metrics, roles
-from lorascope.contracts import LENS, LENS_QUERIES, QRELS, read_provenance, read_table
-from lorascope.data.common import split_paths, write_split
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from lorascope.core import metrics, roles
+from lorascope.analyses.lens import LENS, LENS_QUERIES
+from lorascope.core.contracts import QRELS, read_provenance, read_table
+from lorascope.data.splits import split_paths
 
 ARCHITECTURES = ["llama", "mistral", "gpt_neox", "bert"]
 ATOL = 1e-5
@@ -43,7 +38,7 @@ def perturb_final_norm(model, arch, seed: int = 0) -> None:
     LayerNorm is (almost) the identity, and a double normalisation would go unnoticed."""
     import torch
 
-    from lorascope.lens import readout_for, task_model
+    from lorascope.analyses.lens.readout import readout_for, task_model
 
     path = readout_for(arch).norm
     if path is None:
@@ -64,7 +59,7 @@ def own_scores(prepared, model):
 
 
 def all_lora(model, arch):
-    from lorascope.switching import lora_modules
+    from lorascope.core.switching import lora_modules
 
     return set(lora_modules(model, arch))
 
@@ -73,7 +68,7 @@ def cut_after(model, arch, blocks: int):
     """A deep copy of the reranker keeping only its first ``blocks`` transformer blocks."""
     import torch
 
-    from lorascope.lens import task_model
+    from lorascope.analyses.lens.readout import task_model
 
     cut = copy.deepcopy(model)
     task = task_model(cut)
@@ -109,8 +104,8 @@ def adapted(request, bases, tmp_path_factory) -> dict:
 def test_last_layer_is_the_model_score(adapted, lora) -> None:
     import numpy as np
 
-    from lorascope.lens import score_layers
-    from lorascope.switching import zeroed
+    from lorascope.analyses.lens.readout import score_layers
+    from lorascope.core.switching import zeroed
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     depth = roles.num_layers(model.config)
@@ -134,7 +129,7 @@ def test_each_layer_is_the_model_cut_after_it(adapted) -> None:
     every intermediate layer, checked against an independent forward pass."""
     import numpy as np
 
-    from lorascope.lens import score_layers
+    from lorascope.analyses.lens.readout import score_layers
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     layers = score_layers(prepared, model, arch, progress=False)
@@ -150,7 +145,7 @@ def test_hf_last_hidden_state_is_already_normed(bases, tmp_path, model_type) -> 
     hidden_states[L] is norm(raw output of block L) - normalising it again changes it."""
     import torch
 
-    from lorascope.lens import readout_for, task_model
+    from lorascope.analyses.lens.readout import readout_for, task_model
     from lorascope.models.reranker import encode_pairs
 
     adapter = build_adapter(bases[model_type], tmp_path / "a")
@@ -180,7 +175,7 @@ def test_padding_does_not_leak(adapted) -> None:
     """Every lens layer gives the same scores in padded multi-pair batches as pair by pair."""
     import numpy as np
 
-    from lorascope.lens import score_layers
+    from lorascope.analyses.lens.readout import score_layers
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     batched = score_layers(prepared, model, arch, progress=False)
@@ -194,7 +189,7 @@ def test_padding_does_not_leak(adapted) -> None:
 def test_swap_equals_fresh_load(bases, tmp_path, model_type, variant) -> None:
     """Swapping a checkpoint into the loaded model == loading it fresh, bitwise (DoRA
     magnitudes and BERT's pooler + classifier head included)."""
-    from lorascope.lens import swap_checkpoint
+    from lorascope.models.adapted import swap_checkpoint
 
     first = build_adapter(bases[model_type], tmp_path / "1", use_dora=variant == "dora", seed=1)
     second = build_adapter(bases[model_type], tmp_path / "2", use_dora=variant == "dora", seed=2)
@@ -209,7 +204,7 @@ def test_swap_equals_fresh_load(bases, tmp_path, model_type, variant) -> None:
 
 
 def test_swap_refuses_another_adapter_shape(bases, tmp_path) -> None:
-    from lorascope.lens import swap_checkpoint
+    from lorascope.models.adapted import swap_checkpoint
 
     full = build_adapter(bases["llama"], tmp_path / "all")
     mlp = build_adapter(bases["llama"], tmp_path / "mlp", targets="mlp")
@@ -226,23 +221,13 @@ MEASURES = ["nDCG@10", "RR(rel=2)"]
 @pytest.fixture(scope="module")
 def run(bases, tmp_path_factory) -> dict:
     """A two-checkpoint run of a 3-block LLaMA, a toy split, and the lens stage's outputs."""
-    from lorascope.lens import lens
+    from lorascope.analyses.lens.stage import lens
 
     root = tmp_path_factory.mktemp("lens-stage")
     base = bases["llama"]
     checkpoints = {5: build_adapter(base, root / "step-5", seed=5),
                    10: build_adapter(base, root / "step-10", seed=10)}
-    queries, candidates = toy_pairs(n_queries=5, per_query=8, seed=4)
-    rng = random.Random(0)
-    write_split(
-        root / "split",
-        [{"qid": q, "query": t} for q, t in queries.items()],
-        [{"qid": q, "docid": d, "rank": i % 8 + 1, "first_stage_score": 10.0 - i % 8, "text": t}
-         for i, (q, d, t) in enumerate(candidates)],
-        [{"qid": q, "docid": d, "relevance": rng.choice([0, 0, 1, 2, 3])}
-         for q, d, _ in candidates],
-        {"test": True},
-    )
+    queries, candidates = write_toy_split(root / "split")
     params = {"model": "tiny", "adapter": "r4-all", "split": "toy", "metrics": MEASURES,
               "scoring": {"batch_tokens": 256, "max_length": 64}, "epsilon": 0.02}
     out = {name: root / "out" / name
@@ -278,8 +263,8 @@ def test_stage_tables(run) -> None:
 def test_stage_last_layer_is_each_checkpoints_evaluation(run) -> None:
     """Layer L of step s == the metrics of checkpoint s loaded fresh and scored normally (so
     the in-place swaps were exact); step 0 == all LoRA off with the last checkpoint's head."""
-    from lorascope.scoring import PreparedPairs
-    from lorascope.switching import zeroed
+    from lorascope.core.scoring import PreparedPairs
+    from lorascope.core.switching import zeroed
 
     rows = read_table(run["out"]["lens_queries.parquet"], LENS_QUERIES).to_pylist()
     qrels = _qrels(run["split"])
@@ -326,7 +311,7 @@ def test_stage_summary(run) -> None:
 
 
 def test_stage_refuses_bad_checkpoints(run, tmp_path) -> None:
-    from lorascope.lens import lens
+    from lorascope.analyses.lens.stage import lens
 
     out = (tmp_path / "lens.parquet", tmp_path / "summary.json")
     args = (run["params"], run["base"])
@@ -343,11 +328,12 @@ def test_stage_refuses_bad_checkpoints(run, tmp_path) -> None:
 
 
 def test_params_checks() -> None:
-    from lorascope.lens import LensSettings
+    from lorascope.analyses.lens.stage import LensSettings
+    from lorascope.models.reranker import MAX_LENGTH
 
     settings = LensSettings.from_params({"metrics": ["nDCG@10"], "model": "m"})
     assert (settings.epsilon, settings.batch_tokens, settings.max_length, settings.dtype) == (
-        0.01, 16384, 256, "float32")
+        0.01, 16384, MAX_LENGTH, "float32")
     with pytest.raises(ValueError, match=r"unknown keys \['epsilion'\]"):
         LensSettings.from_params({"metrics": ["nDCG@10"], "epsilion": 0.1})
     with pytest.raises(ValueError, match=r"unknown keys \['scoring.batch_size'\]"):

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from lorascope import roles
+from lorascope.core import roles
 from lorascope.models.base import BaseModelError, BaseModelSpec, prepare_base, read_manifest
 
 WORDS = [

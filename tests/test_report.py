@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorascope import contracts
+from lorascope.core import contracts
 from lorascope.report import render_report
-from lorascope.report.figures import choose_boundary
+from lorascope.analyses.boundary.report import choose_boundary
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_MD = REPO.parent / "shared" / "PAPER.md"
@@ -403,7 +403,7 @@ def test_provenance_block(rendered):
 
 
 def test_boundary_choice():
-    # lorascope.boundary.select_boundary's rule: the best value, ties to the smallest b
+    # lorascope.analyses.boundary.selection.select_boundary's rule: the best value, ties to the smallest b
     assert choose_boundary({0: 0.4, 1: 0.6, 2: 0.6, 3: 0.58}, "nDCG@10", 4) == 1
     assert choose_boundary({0: 0.4, 1: 0.5, 2: 0.55, 3: 0.58}, "nDCG@10", 4) == 3
     assert choose_boundary({0: 0.4, 1: 0.6}, "nDCG@10", 4) is None  # no full-adapter point
@@ -661,7 +661,7 @@ def test_reference_yaml_matches_paper_md():
 def test_random_floor_row_when_the_summary_has_it(tmp_path):
     import pyarrow as pa
 
-    from lorascope import contracts
+    from lorascope.core import contracts
 
     summary = build_summary(tmp_path / "summary")
     table = contracts.read_table(summary / "evaluations.parquet", contracts.EVALUATIONS)

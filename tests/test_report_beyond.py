@@ -27,9 +27,12 @@ from test_report import (
     sweep_full,
 )
 
-from lorascope import contracts
+from lorascope.analyses.anatomy import ANATOMY
+from lorascope.analyses.boundary import BOUNDARY
+from lorascope.analyses.lens import LENS as LENS_TABLE
+from lorascope.core import contracts
 from lorascope.report import render_report
-from lorascope.lens import readable_from
+from lorascope.analyses.lens.readout import readable_from
 
 # ---------------------------------------------------------------- synthetic beyond inputs
 
@@ -118,7 +121,7 @@ def build_beyond_summary(root: Path, *, parts=("boundary", "lens", "anatomy", "c
                 "lora_params_full": 4000, "lora_params_pruned": 3000,
                 "pairs_per_second_full": 800.0, "pairs_per_second_pruned": 800.0 * SPEEDUP[split],
                 "speedup": SPEEDUP[split]})
-        _write(root / "boundary.parquet", contracts.BOUNDARY, brows)
+        _write(root / "boundary.parquet", BOUNDARY, brows)
     if "lens" in parts:
         lrows = []
         for (model, step), values in LENS.items():
@@ -128,7 +131,7 @@ def build_beyond_summary(root: Path, *, parts=("boundary", "lens", "anatomy", "c
                                   "step": step, "layer": layer, "measure": measure,
                                   "value": value if measure == "nDCG@10" else value / 2,
                                   "queries": 8})
-        _write(root / "lens.parquet", contracts.LENS, lrows)
+        _write(root / "lens.parquet", LENS_TABLE, lrows)
     if "anatomy" in parts:
         arows = []
         for model, info in MODELS.items():
@@ -147,7 +150,7 @@ def build_beyond_summary(root: Path, *, parts=("boundary", "lens", "anatomy", "c
                                 "spectral": 1.0, "effective_rank": effective_rank(sigma),
                                 "stable_rank": 1.0, "sigma": sigma, "magnitude_norm": None,
                                 "magnitude_shift": None})
-        _write(root / "anatomy.parquet", contracts.ANATOMY, arows)
+        _write(root / "anatomy.parquet", ANATOMY, arows)
     if "compression" in parts:
         for measure in MEASURES:
             full = sweep_full("alpha", "r8-all", "dl19", measure, MODELS)
@@ -427,7 +430,7 @@ def test_missing_inputs_give_one_line_notes(tmp_path):
 def test_analysis_off_and_empty_table_notes(tmp_path):
     summary = build_beyond_summary(tmp_path / "summary", parts=("boundary",))
     # summarize writes an empty lens table when no lens job ran
-    _write(summary / "lens.parquet", contracts.LENS, [])
+    _write(summary / "lens.parquet", LENS_TABLE, [])
     study = json.loads((summary / "study.json").read_text())
     study["analyses"]["lens"] = {"models": None, "adapters": None, "splits": None}
     (summary / "study.json").write_text(json.dumps(study))

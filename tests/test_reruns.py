@@ -1,15 +1,12 @@
 """Partial reruns: after one change, Snakemake plans exactly the jobs that depend on it.
 
-Two parts:
-
-- ``lorascope.codedeps`` on a synthetic package and on lorascope itself (which files a stage
-  entry point runs, found wherever the package is imported; a content hash of them that
-  does not depend on where that is).
-- The workflow: the small study (``small_study.py``) runs once for real in a temporary
-  directory; then each change (a config value, an edited package module or data file) is
-  followed by a dry run whose planned jobs must be exactly the expected set. The table
-  "change -> planned jobs" is printed at the end of the module (and written to
-  ``$LORASCOPE_RERUN_TABLE`` when that is set).
+The small study (``small_study.py``, with a boundary sweep, boundary pruning and the lens)
+runs once for real in a temporary directory; then each change (a config value, an edited
+package module or data file) is followed by a dry run whose planned jobs must be exactly the
+expected set, and, where a job is planned only because its inputs will change, for that reason
+(not because its own code or slice changed). The table "change -> planned jobs" is printed at
+the end of the module (and written to ``$LORASCOPE_RERUN_TABLE`` when that is set). Which files
+each stage's code version covers is tested on its own in tests/test_codedeps.py.
 
 The workflow part runs against private copies of the workflow and of the package (imported
 through ``PYTHONPATH``), so modules are edited in the copy, never in the checkout, and edits
@@ -34,174 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from small_study import JOBS, MODEL, evaluate_job, small_study, write_config
-from workflow_utils import REPO, snakemake_bin
-
-import lorascope
-from lorascope import codedeps
-from lorascope.codedeps import CodeDepsError, code_deps, code_version, module_closure
-
-# --------------------------------------------------------------------------- codedeps units
-
-FAKE = {
-    "__init__.py": "",
-    "a.py": (
-        "from fakepkg import b\n"
-        "def f():\n    from fakepkg.c import g\n    return g()\n"
-        "def h():\n    from . import d\n    return d\n"
-    ),
-    "b.py": "X = 1\n",
-    "c.py": (
-        "def g():\n    return _helper()\n"
-        "def _helper():\n    from .sub.e import Y\n    return Y\n"
-        "def other():\n    import fakepkg.unused\n"
-    ),
-    "d.py": "",
-    "attr.py": "from fakepkg import c\ndef run():\n    return c.g()\n",
-    "bare.py": "from fakepkg import c\nCALLBACKS = [c]\n",
-    "unused.py": "import os\n",
-    "sub/__init__.py": "",
-    "sub/e.py": "from ..b import X as Y\nimport json\n",
-    "res/one.txt": "1",
-    "res/deep/two.txt": "2",
-}
-
-
-@pytest.fixture
-def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "site" / "fakepkg"
-    for rel, text in FAKE.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    codedeps.clear_caches()
-    yield root
-    codedeps.clear_caches()
-
-
-def _rel(paths: list[str], root: Path) -> set[str]:
-    return {Path(p).relative_to(root).as_posix() for p in paths}
-
-
-def test_function_entry_follows_only_what_it_uses(fake_package):
-    got = _rel(code_deps("fakepkg.a:f", package="fakepkg"), fake_package)
-    # a's top-level import (b), f's import (c.g -> c._helper -> sub.e, whose relative import
-    # brings b), and every parent package; not d (only h imports it), not unused (c.other)
-    assert got == {"__init__.py", "a.py", "b.py", "c.py", "sub/__init__.py", "sub/e.py"}
-
-
-def test_module_entry_follows_imports_inside_every_function(fake_package):
-    got = _rel(code_deps("fakepkg.a", package="fakepkg"), fake_package)
-    assert got == {"__init__.py", "a.py", "b.py", "c.py", "d.py", "sub/__init__.py", "sub/e.py"}
-    got = _rel(code_deps("fakepkg.c", package="fakepkg"), fake_package)
-    assert "unused.py" in got and "a.py" not in got
-
-
-def test_submodule_follows_the_attributes_read_from_it(fake_package):
-    got = _rel(code_deps("fakepkg.attr", package="fakepkg"), fake_package)
-    assert got == {"__init__.py", "attr.py", "c.py", "b.py", "sub/__init__.py", "sub/e.py"}
-    got = _rel(code_deps("fakepkg.bare", package="fakepkg"), fake_package)
-    assert "unused.py" in got  # c passed on as a value: all of it
-
-
-def test_code_version_follows_content_not_location(fake_package, tmp_path, monkeypatch):
-    version = code_version("fakepkg.a:f", package="fakepkg")
-    assert re.fullmatch(r"sha256:[0-9a-f]{16}", version)
-    with open(fake_package / "d.py", "a") as handle:  # not used by a:f
-        handle.write("# comment\n")
-    codedeps.clear_caches()
-    assert code_version("fakepkg.a:f", package="fakepkg") == version
-    moved = tmp_path / "elsewhere"
-    shutil.copytree(fake_package, moved / "fakepkg")
-    monkeypatch.syspath_prepend(str(moved))
-    codedeps.clear_caches()
-    assert code_deps("fakepkg.a:f", package="fakepkg")[0].startswith(str(moved))
-    assert code_version("fakepkg.a:f", package="fakepkg") == version
-    with open(moved / "fakepkg" / "sub" / "e.py", "a") as handle:  # used through c.g
-        handle.write("# comment\n")
-    codedeps.clear_caches()
-    assert code_version("fakepkg.a:f", package="fakepkg") != version
-
-
-def test_data_globs(fake_package):
-    got = _rel(code_deps("fakepkg.b", data=["res"], package="fakepkg"), fake_package)
-    assert got == {"__init__.py", "b.py", "res/one.txt", "res/deep/two.txt"}
-    got = _rel(code_deps("fakepkg.b", data=["res/*.txt"], package="fakepkg"), fake_package)
-    assert got == {"__init__.py", "b.py", "res/one.txt"}
-
-
-@pytest.mark.parametrize(
-    "entry, data, message",
-    [
-        ("fakepkg.nope", [], "'fakepkg.nope': no such module"),
-        ("fakepkg.a:nope", [], "'fakepkg.a:nope': fakepkg.a defines no 'nope'"),
-        ("json", [], "'json': not a module of 'fakepkg'"),
-        ("fakepkg.a", ["res/*.csv"], "data 'res/*.csv': no file"),
-    ],
+from small_study import (
+    JOBS,
+    MODEL,
+    RERUN_ANALYSIS_JOBS,
+    evaluate_job,
+    small_study,
+    with_rerun_analyses,
+    write_config,
 )
-def test_bad_entries_name_themselves(fake_package, entry, data, message):
-    with pytest.raises(CodeDepsError, match=re.escape(message)):
-        code_deps(entry, data=data, package="fakepkg")
-
-
-def test_stage_entries_split_the_stages_module():
-    """stages.py holds three entry points; each depends on its own lazy imports only."""
-    root = Path(lorascope.__file__).resolve().parent
-    train = _rel(code_deps("lorascope.stages:train_lora"), root)
-    evaluate = _rel(code_deps("lorascope.stages:evaluate"), root)
-    report = _rel(code_deps("lorascope.report"), root)
-    assert {"stages.py", "train.py", "__init__.py"} <= train
-    assert not {"evaluate.py", "scoring.py", "switching.py"} & train
-    assert {"stages.py", "evaluate.py", "scoring.py", "switching.py"} <= evaluate
-    assert "train.py" not in evaluate
-    assert "report/figures.py" in report and "train.py" not in report
-    for files in (train, evaluate, report):
-        assert "cli.py" not in files
-
-
-def test_static_closure_covers_what_importing_runs():
-    """Every lorascope module that importing an entry module loads is in its closure."""
-    entries = [
-        "lorascope.summarize",
-        "lorascope.report",
-        "lorascope.first_stage",
-        "lorascope.stages",
-    ]
-    code = (
-        "import importlib, sys\n"
-        f"for e in {entries!r}: importlib.import_module(e)\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'lorascope')))\n"
-    )
-    loaded = set(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
-    assert "lorascope.stages" in loaded
-    assert loaded <= set(module_closure(entries)) | {"lorascope.codedeps"}
-
-
-def copy_package(dest: Path) -> Path:
-    """A copy of the imported lorascope package under ``dest`` (as a normal install lays it
-    out in site-packages); returns the folder to put on PYTHONPATH."""
-    src = Path(lorascope.__file__).resolve().parent
-    shutil.copytree(src, dest / "lorascope", ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def test_paths_come_from_the_imported_package(tmp_path):
-    site = copy_package(tmp_path / "site")
-    code = (
-        "from lorascope.codedeps import code_deps\n"
-        "print('\\n'.join(code_deps('lorascope.summarize')))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    ).stdout.split()
-    assert out and all(Path(p).is_relative_to(site / "lorascope") for p in out)
-    assert str(site / "lorascope" / "summarize.py") in out
-
+from workflow_utils import REPO, copy_package, snakemake_bin
 
 # --------------------------------------------------------------------------- workflow
 
@@ -307,7 +146,7 @@ def study(
     workdir = base / "run"
     workdir.mkdir()
     run = StudyRun(
-        workdir, wf / "Snakefile", site, write_config(small_study(), base / "study.yaml"), env
+        workdir, wf / "Snakefile", site, write_config(rerun_study(), base / "study.yaml"), env
     )
     start = time.monotonic()
     run.snakemake("--cores", "2")
@@ -315,7 +154,8 @@ def study(
     assert (workdir / "reports" / "small" / "report.html").is_file()
     yield run
     lines = [
-        f"Small study: {len(JOBS)} jobs, first run {seconds:.0f} s. Change -> planned jobs:",
+        f"Small study: {len(STUDY_JOBS)} jobs, first run {seconds:.0f} s. Change -> planned jobs"
+        " (a job marked * is planned only because its inputs change):",
         "",
     ]
     lines += ["| change | planned jobs |", "|---|---|"]
@@ -346,6 +186,9 @@ class Change:
     files: tuple[str, ...] = ()
     touch_only: bool = False
     moved: bool = False
+    #: planned jobs that must be planned only because their inputs change (their own code
+    #: and config slice are as before)
+    downstream: frozenset[str] = frozenset()
 
 
 def modify(path: Path) -> None:
@@ -381,6 +224,10 @@ RULES = (
     "train_lora",
     "extract_adapter",
     "evaluate",
+    "prune_boundary",
+    "compare_boundary",
+    "lens",
+    "anatomy",
     "summarize",
     "report",
     "all",
@@ -392,8 +239,20 @@ def pipeline_order(label: str) -> tuple[int, str]:
     return (RULES.index(rule) if rule in RULES else len(RULES), label)
 
 
+def rerun_study() -> dict[str, Any]:
+    """The study the rerun table starts from: the small study with its cheapest analyses."""
+    return with_rerun_analyses(small_study())
+
+
+STUDY_JOBS = JOBS | RERUN_ANALYSIS_JOBS
 TAIL = frozenset({"summarize", "report", "all"})
-ALL_EVALS = frozenset(j for j in JOBS if j.startswith("evaluate["))
+ALL_EVALS = frozenset(j for j in STUDY_JOBS if j.startswith("evaluate["))
+PRUNE = f"prune_boundary[{MODEL}/r1-all/2]"
+COMPARE = f"compare_boundary[{MODEL}/r1-all/2/dl19]"
+LENS = f"lens[{MODEL}/r1-all/validation]"
+BOUNDARY_EVAL = evaluate_job("r1-all", 2, "boundary", "validation")
+DL19_EVAL = evaluate_job("r1-all", 2, "components", "dl19")
+R1_ADAPTERS = frozenset({f"extract_adapter[{MODEL}/r1-all/1]", f"extract_adapter[{MODEL}/r1-all/2]"})
 
 CHANGES = [
     Change("nothing", frozenset()),
@@ -414,7 +273,7 @@ CHANGES = [
     ),
     Change(
         "sweeps.components.ablations: + mha_only",
-        frozenset({evaluate_job("r1-all", 2, "components", "dl19")}) | TAIL,
+        frozenset({DL19_EVAL}) | TAIL,
         edit=lambda raw: raw["sweeps"]["components"]["ablations"].update(
             mha_only={"keep": {"component": "attn"}}
         ),
@@ -425,49 +284,72 @@ CHANGES = [
     Change(
         "analyses.anatomy: {} (added)",
         frozenset({f"anatomy[{MODEL}/r1-all]"}) | TAIL,
-        edit=lambda raw: raw.setdefault("analyses", {}).update(anatomy={}),
+        edit=lambda raw: raw["analyses"].update(anatomy={}),
     ),
     Change(
-        "analyses.lens: {splits: [validation]} (added)",
-        frozenset({f"lens[{MODEL}/r1-all/validation]"}) | TAIL,
-        edit=lambda raw: raw.setdefault("analyses", {}).update(lens={"splits": ["validation"]}),
+        "analyses.lens.splits: + dl19",
+        frozenset({f"lens[{MODEL}/r1-all/dl19]"}) | TAIL,
+        edit=lambda raw: raw["analyses"]["lens"].update(splits=["validation", "dl19"]),
+    ),
+    Change(
+        "analyses.boundary.splits: dl19 -> validation",
+        frozenset({f"compare_boundary[{MODEL}/r1-all/2/validation]"}) | TAIL,
+        edit=lambda raw: raw["analyses"]["boundary"].update(splits=["validation"]),
     ),
     Change(
         "evaluation.metrics: - AP(rel=2)",
-        ALL_EVALS | {"evaluate_first_stage[validation]", "evaluate_first_stage[dl19]"} | TAIL,
+        ALL_EVALS
+        | {"evaluate_first_stage[validation]", "evaluate_first_stage[dl19]", COMPARE, LENS, PRUNE}
+        | TAIL,
         edit=_set("evaluation.metrics", ["nDCG@10", "RR(rel=2)"]),
+        downstream=frozenset({PRUNE}),
     ),
     Change(
         "evaluation.significance.test: wilcoxon -> ttest",
-        ALL_EVALS | TAIL,
+        ALL_EVALS | {PRUNE, COMPARE} | TAIL,
         edit=_set("evaluation.significance.test", "ttest"),
+        downstream=frozenset({PRUNE}),
     ),
     Change(
         "data.splits.dl19.depth: 5 -> 6",
-        frozenset(
-            {
-                "prepare_split[dl19]",
-                "evaluate_first_stage[dl19]",
-                evaluate_job("r1-all", 2, "components", "dl19"),
-            }
-        )
-        | TAIL,
+        frozenset({"prepare_split[dl19]", "evaluate_first_stage[dl19]", DL19_EVAL, COMPARE}) | TAIL,
         edit=_set("data.splits.dl19.depth", 6),
+        downstream=frozenset({"evaluate_first_stage[dl19]", DL19_EVAL, COMPARE}),
     ),
     Change(
-        "edit lorascope/train.py",
-        frozenset(
-            {
-                f"train_lora[{MODEL}/r1-all]",
-                f"extract_adapter[{MODEL}/r1-all/1]",
-                f"extract_adapter[{MODEL}/r1-all/2]",
-            }
-        )
-        | ALL_EVALS
-        | TAIL,
-        files=("train.py",),
+        "edit lorascope/study/parse.py (the config parser)",
+        frozenset(),
+        files=("study/parse.py",),
     ),
-    Change("edit lorascope/evaluate.py", ALL_EVALS | TAIL, files=("evaluate.py",)),
+    Change(
+        "edit lorascope/training/loop.py",
+        frozenset({f"train_lora[{MODEL}/r1-all]"}) | R1_ADAPTERS | ALL_EVALS
+        | {PRUNE, COMPARE, LENS} | TAIL,
+        files=("training/loop.py",),
+        downstream=R1_ADAPTERS | ALL_EVALS | {PRUNE, COMPARE, LENS},
+    ),
+    Change(
+        "edit lorascope/evaluate.py (the sweep loop)",
+        ALL_EVALS | {PRUNE, COMPARE} | TAIL,
+        files=("evaluate.py",),
+        downstream=frozenset({PRUNE, COMPARE}),
+    ),
+    Change(
+        "edit lorascope/analyses/lens/readout.py",
+        frozenset({LENS}) | TAIL,
+        files=("analyses/lens/readout.py",),
+    ),
+    Change(
+        "edit lorascope/analyses/boundary/export.py",
+        frozenset({PRUNE, COMPARE}) | TAIL,
+        files=("analyses/boundary/export.py",),
+        downstream=frozenset({COMPARE}),
+    ),
+    Change(
+        "edit lorascope/analyses/lens/report.py (its report section)",
+        frozenset({"report", "all"}),
+        files=("analyses/lens/report.py",),
+    ),
     Change(
         "edit lorascope/report/figures.py",
         frozenset({"report", "all"}),
@@ -475,22 +357,16 @@ CHANGES = [
     ),
     Change(
         "edit the embedded DL19 tables (lorascope/resources/trec-dl/dl19.*)",
-        frozenset(
-            {
-                "prepare_split[dl19]",
-                "evaluate_first_stage[dl19]",
-                evaluate_job("r1-all", 2, "components", "dl19"),
-            }
-        )
-        | TAIL,
+        frozenset({"prepare_split[dl19]", "evaluate_first_stage[dl19]", DL19_EVAL, COMPARE}) | TAIL,
         files=tuple(
             f"resources/trec-dl/dl19.{t}.parquet" for t in ("queries", "candidates", "qrels")
         ),
+        downstream=frozenset({"evaluate_first_stage[dl19]", DL19_EVAL, COMPARE}),
     ),
     Change(
-        "touch lorascope/train.py (mtime only, same content)",
+        "touch lorascope/training/loop.py (mtime only, same content)",
         frozenset(),
-        files=("train.py",),
+        files=("training/loop.py",),
         touch_only=True,
     ),
     Change(
@@ -500,13 +376,16 @@ CHANGES = [
     ),
 ]
 
+UPDATED_INPUT = "Input files updated by another job"
+OWN_CHANGE = ("Params have changed", "Code has changed", "Set of input files has changed")
+
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.name for c in CHANGES])
 def test_one_change_plans_exactly_its_jobs(study: StudyRun, change: Change):
     config = None
     if change.edit is not None:
-        raw = small_study()
+        raw = rerun_study()
         change.edit(raw)
         config = write_config(raw, study.workdir.parent / "changed.yaml")
     site = None
@@ -526,10 +405,21 @@ def test_one_change_plans_exactly_its_jobs(study: StudyRun, change: Change):
         for path, (data, st) in zip(paths, saved):
             path.write_bytes(data)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    study.table.append((change.name, sorted(planned, key=pipeline_order)))
+    study.table.append(
+        (
+            change.name,
+            [f"{job}*" if job in change.downstream else job
+             for job in sorted(planned, key=pipeline_order)],
+        )
+    )
     assert set(planned) == change.expected, (
         f"unexpected: {sorted(set(planned) - change.expected)}; "
         f"missing: {sorted(change.expected - set(planned))}"
     )
-    if paths and not change.touch_only:  # the edited files reach the jobs through params.code
-        assert any("Params have changed" in reason for reason in planned.values()), planned
+    for job in change.downstream:  # planned for its inputs alone: its code and slice as before
+        reason = planned[job]
+        assert UPDATED_INPUT in reason and not any(r in reason for r in OWN_CHANGE), (job, reason)
+    if paths and change.expected and not change.touch_only:
+        # the edited files reach the jobs that run them through params.code
+        own = [job for job in planned if job not in change.downstream and job != "all"]
+        assert any("Params have changed" in planned[job] for job in own), planned

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from lorascope import roles
+from lorascope.core import roles
 
 ARCHITECTURES = ("llama", "mistral", "gpt_neox", "bert")
 

@@ -8,17 +8,11 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from test_switching import (  # noqa: F401 - one_thread is an autouse fixture
-    as_tensor,
-    build_adapter,
-    build_base,
-    load_adapted,
-    one_thread,
-    passages,
-    toy_pairs,
-)
+from helpers import as_tensor, build_adapter, build_base, load_adapted, passages, toy_pairs
 
-from lorascope.scoring import PreparedPairs, fixed_batches, plan_batches, score_candidates
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from lorascope.core.scoring import PreparedPairs, fixed_batches, plan_batches, score_candidates
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt_neox", "bert"])

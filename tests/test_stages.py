@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import adapters, fileio, stages
-from lorascope.adapters import AdapterMismatch
+from lorascope.core import adapters
+from lorascope.extraction import extract_adapter
+from lorascope.evaluate import evaluate, trained_modules
+from lorascope.models.stage import passage_texts
+from lorascope.training.stage import train_lora
+from lorascope.core import fileio
+from lorascope.core.adapters import AdapterMismatch
 from lorascope.data.prepare import prepare_train
 from lorascope.models.base import BaseModelSpec, prepare_base
 
@@ -27,7 +32,7 @@ def _base(root: Path, groups: Path, seed: int) -> Path:
     spec = BaseModelSpec("tiny", architecture="llama", layers=2, width=32, heads=2,
                          vocab_size=500, pretrain_steps=2, pretrain_seq_len=32, seed=seed)
     out = root / f"base-{seed}"
-    prepare_base(spec, out, lambda: stages.passage_texts(groups), progress=False)
+    prepare_base(spec, out, lambda: passage_texts(groups), progress=False)
     return out
 
 
@@ -38,7 +43,7 @@ def run(tmp_path_factory):
     prepare_train({"train": TRAIN, "seed": 1, "holdout_queries": []}, groups)
     base = _base(root, groups, seed=1)
     params = {"model": "tiny", "adapter": "r4-all", "settings": SETTINGS}
-    stages.train_lora(params, base, groups, root / "work", root / "train")
+    train_lora(params, base, groups, root / "work", root / "train")
     return {"root": root, "groups": groups, "base": base, "train": root / "train", "params": params}
 
 
@@ -56,7 +61,7 @@ def test_extracted_adapter_reproduces_training_scores(run, tmp_path):
     from lorascope.models.reranker import encode_pairs, load_reranker, score_logits
 
     out = tmp_path / "adapter"
-    manifest = adapters.extract({**run["params"], "step": 2}, run["train"], run["base"], out)
+    manifest = extract_adapter({**run["params"], "step": 2}, run["train"], run["base"], out)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
     for name, digest in manifest["files"].items():
         assert fileio.sha256_file(out / name) == digest
@@ -77,13 +82,13 @@ def test_extracted_adapter_reproduces_training_scores(run, tmp_path):
 
 def test_adapter_refused_on_another_base(run, tmp_path):
     out = tmp_path / "adapter"
-    adapters.extract({**run["params"], "step": 1}, run["train"], run["base"], out)
+    extract_adapter({**run["params"], "step": 1}, run["train"], run["base"], out)
     assert adapters.verify(out, run["base"])["step"] == 1
     other = _base(tmp_path, run["groups"], seed=2)
     with pytest.raises(AdapterMismatch, match=rf"adapter {out} was trained on base model .* not on .* in {other}"):
         adapters.verify(out, other)
     with pytest.raises(AdapterMismatch, match="base-2"):
-        stages.evaluate({"sweep": "checkpoints", "sweep_spec": {"ablations": {}}}, other, out,
+        evaluate({"sweep": "checkpoints", "sweep_spec": {"ablations": {}}}, other, out,
                         tmp_path, tmp_path / "s", tmp_path / "m", tmp_path / "j")
     config = out / "adapter_config.json"
     config.write_text(config.read_text().replace('"r": 4', '"r": 5'))
@@ -93,15 +98,15 @@ def test_adapter_refused_on_another_base(run, tmp_path):
 
 def test_missing_checkpoint_is_named(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
-        adapters.extract({**run["params"], "step": 7}, run["train"], run["base"], tmp_path / "a")
+        extract_adapter({**run["params"], "step": 7}, run["train"], run["base"], tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 
 def test_trained_modules_read_from_adapter_config(run, tmp_path):
-    from lorascope.roles import roles_for
+    from lorascope.core.roles import roles_for
 
     out = tmp_path / "adapter"
-    adapters.extract({**run["params"], "step": 1}, run["train"], run["base"], out)
-    found = stages.trained_modules(out, roles_for("llama"))
+    extract_adapter({**run["params"], "step": 1}, run["train"], run["base"], out)
+    found = trained_modules(out, roles_for("llama"))
     assert found == {(layer, role) for layer in range(2) for role in ("q", "k", "v", "o", "gate", "up", "down")}
     assert json.loads((out / "manifest.json").read_text())["base_model"]["model_type"] == "llama"

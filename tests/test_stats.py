@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lorascope.stats import bonferroni, compare, convergence_step, correct, holm
+from lorascope.core.stats import bonferroni, compare, convergence_step, correct, holm
 
 
 def test_holm_known_values() -> None:

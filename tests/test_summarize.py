@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorascope import contracts
-from lorascope.summarize import BOUNDARY_SWEEP, summarize
+from lorascope.analyses.anatomy import ANATOMY
+from lorascope.analyses.boundary import BOUNDARY
+from lorascope.analyses.lens import LENS
+from lorascope.analyses.boundary import PRUNED_SWEEP as BOUNDARY_SWEEP
+from lorascope.core import contracts
+from lorascope.summarize import summarize
 
 RUN = {"model": "m", "adapter": "r8-all-dora", "rank": 8, "targets": "all", "variant": "dora",
        "step": 60}
@@ -51,27 +55,27 @@ def _inputs(tmp_path: Path) -> dict:
     boundary = [{**RUN, "sweep": "", "split": "dl19",
                  "summary": _write(tmp_path / "cmp.json", compare)}]
     lens = tmp_path / "lens.parquet"
-    contracts.write_rows(lens, contracts.LENS, [
+    contracts.write_rows(lens, LENS, [
         {"model": "m", "adapter": "r8-all-dora", "split": "validation", "step": s, "layer": layer,
          "measure": "nDCG@10", "value": 0.1 * layer, "queries": 12}
         for s in (0, 60) for layer in (1, 2)])
     anatomy = tmp_path / "anatomy.parquet"
-    contracts.write_rows(anatomy, contracts.ANATOMY, [
+    contracts.write_rows(anatomy, ANATOMY, [
         {"model": "m", "adapter": "r8-all-dora", "step": 60, "layer": 0, "role": "q",
          "module": "q", "rank": 8, "d_in": 4, "d_out": 4, "scaling": 8.0, "params": 64,
          "fro": 1.0, "spectral": 0.9, "effective_rank": 2.0, "stable_rank": 1.2,
          "sigma": [0.9, 0.1], "magnitude_norm": None, "magnitude_shift": None}])
     train = tmp_path / "train_log.csv"
     train.write_text("step,loss,lr\n1,2.0,0.001\n")
-    return {"evaluations": curve, "boundary": boundary, "lens": [str(lens)],
-            "anatomy": [str(anatomy)], "first_stage": {"dl19": first},
+    analyses = {"boundary": boundary, "lens": [{"lens": str(lens)}],
+                "anatomy": [{"anatomy": str(anatomy)}]}
+    return {"evaluations": curve, "analyses": analyses, "first_stage": {"dl19": first},
             "training": [{"model": "m", "adapter": "r8-all-dora", "log": str(train)}],
             "benchmarks": str(tmp_path / "bench"), "models": {"m": str(tmp_path / "base")}}
 
 
 def _params() -> dict:
     return {"convergence": {"split": "validation", "measure": "nDCG@10", "epsilon": 0.01},
-            "checkpoints_sweep": "checkpoints",
             "study": {"study": "s", "models": {"m": {"label": "M", "mechanics_only": False}},
                       "splits": {}, "adapters": {}, "analyses": {}}}
 
@@ -86,15 +90,15 @@ def test_summary_gathers_every_analysis(tmp_path):
     assert (pruned["split"], pruned["value"], pruned["delta"]) == ("dl19", 0.47, -0.01)
     assert pruned["p_adjusted"] == 0.3 and not pruned["significant"]
 
-    (row,) = contracts.read_table(out / "boundary.parquet", contracts.BOUNDARY).to_pylist()
+    (row,) = contracts.read_table(out / "boundary.parquet", BOUNDARY).to_pylist()
     assert row["b"] == 1 and row["num_layers"] == 6 and row["selection_split"] == "validation"
     assert (row["lora_params_full"], row["lora_params_pruned"]) == (1000, 250)
     assert (row["pairs_per_second_full"], row["pairs_per_second_pruned"]) == (40.0, 50.0)
     assert row["speedup"] == 1.25 and row["params_removed_fraction"] == 0.75
 
-    lens = contracts.read_table(out / "lens.parquet", contracts.LENS).to_pandas()
+    lens = contracts.read_table(out / "lens.parquet", LENS).to_pandas()
     assert len(lens) == 4 and set(lens["step"]) == {0, 60}
-    anatomy = contracts.read_table(out / "anatomy.parquet", contracts.ANATOMY).to_pylist()
+    anatomy = contracts.read_table(out / "anatomy.parquet", ANATOMY).to_pylist()
     assert anatomy[0]["sigma"] == [0.9, 0.1]
 
     conv = pd.read_parquet(out / "convergence.parquet")
@@ -105,9 +109,9 @@ def test_summary_gathers_every_analysis(tmp_path):
 
 
 def test_a_study_without_analyses_gets_empty_tables(tmp_path):
-    inputs = {**_inputs(tmp_path), "boundary": [], "lens": [], "anatomy": []}
+    inputs = {**_inputs(tmp_path), "analyses": {}}
     out = tmp_path / "summary"
     summarize(_params(), inputs, out)
-    for name, contract in (("boundary", contracts.BOUNDARY), ("lens", contracts.LENS),
-                           ("anatomy", contracts.ANATOMY)):
+    for name, contract in (("boundary", BOUNDARY), ("lens", LENS),
+                           ("anatomy", ANATOMY)):
         assert contracts.read_table(out / f"{name}.parquet", contract).num_rows == 0

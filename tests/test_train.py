@@ -6,51 +6,18 @@ import dataclasses
 import importlib.util
 import json
 import os
-import random
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+from helpers import adapter_tensors, assert_bitwise_equal, passages, toy_groups
 
-from lorascope import contracts, roles
+from lorascope.core import contracts, roles
 from lorascope.models.base import BaseModelSpec, prepare_base
-from lorascope.train import TrainSettings, checkpoint_dir, read_log, train
-from lorascope.train_data import GroupOrder, load_groups
-
-WORDS = [
-    "apple", "river", "stone", "cloud", "tiger", "music", "paper", "glass", "green", "quiet",
-    "north", "silver", "engine", "garden", "winter", "doctor", "market", "castle", "forest",
-    "planet", "yellow", "bridge", "candle", "rocket",
-]  # fmt: skip
-
-
-def passages(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))) + "." for _ in range(n)]
-
-
-def toy_groups(n: int, negatives: int = 3, seed: int = 1) -> dict[str, list]:
-    """A learnable toy task: the positive contains the query's words and is written in the
-    first half of the vocabulary; negatives use only the second half."""
-    rng = random.Random(seed)
-    half = len(WORDS) // 2
-    rows: dict[str, list] = {c: [] for c in contracts.TRAIN_GROUPS.columns}
-    for i in range(n):
-        query = rng.sample(WORDS[:half], 2)
-        pos = [rng.choice(WORDS[:half]) for _ in range(10)]
-        for word in query:
-            pos.insert(rng.randrange(len(pos) + 1), word)
-        rows["qid"].append(f"q{i}")
-        rows["query"].append(" ".join(query))
-        rows["pos_docid"].append(f"d{i}")
-        rows["pos_text"].append(" ".join(pos))
-        rows["neg_docids"].append([f"d{i}-{j}" for j in range(negatives)])
-        rows["neg_texts"].append(
-            [" ".join(rng.choice(WORDS[half:]) for _ in range(12)) for _ in range(negatives)]
-        )
-    return rows
-
+from lorascope.training.settings import TrainSettings
+from lorascope.training.loop import checkpoint_dir, read_log, train
+from lorascope.training.groups import GroupOrder, load_groups
 
 @pytest.fixture(scope="module")
 def groups_path(tmp_path_factory) -> Path:
@@ -60,7 +27,7 @@ def groups_path(tmp_path_factory) -> Path:
 
 
 def _tiny(tmp_path_factory, architecture: str, width: int, steps: int, layers: int = 2) -> Path:
-    texts = passages(2000)
+    texts = passages(2000, low=12, high=30)
     out = tmp_path_factory.mktemp("bases") / f"tiny-{architecture}"
     prepare_base(
         BaseModelSpec(
@@ -125,20 +92,6 @@ def settings(**overrides) -> TrainSettings:
         "micro_batch_queries": 2, "max_length": 48, "seed": 3,
     }  # fmt: skip
     return TrainSettings(**{**base, **overrides})
-
-
-def adapter_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "adapter_model.safetensors"))
-
-
-def assert_bitwise_equal(a: dict, b: dict) -> None:
-    import torch
-
-    assert a.keys() == b.keys()
-    for name, tensor in a.items():
-        assert torch.equal(tensor, b[name]), name
 
 
 # --------------------------------------------------------------------------- tests

@@ -17,11 +17,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from test_train import assert_bitwise_equal, passages, toy_groups
+from helpers import assert_bitwise_equal, build_base, passages, toy_groups
 
-from lorascope import adapters, contracts, variants
+from lorascope.core import adapters
+from lorascope.extraction import converted_config, delta_from_initial, extract_adapter
+from lorascope.core import contracts, variants
 from lorascope.models.base import BaseModelSpec, prepare_base
-from lorascope.train import TrainSettings, checkpoint_dir, initial_dir, train
+from lorascope.training.settings import TrainSettings
+from lorascope.training.loop import checkpoint_dir, initial_dir, train
 
 CONVERSION_TOLERANCE = 1e-5
 
@@ -34,7 +37,7 @@ def groups_path(tmp_path_factory) -> Path:
 
 
 def _tiny(root: Path, architecture: str) -> Path:
-    texts = passages(500)
+    texts = passages(500, low=12, high=30)
     out = root / f"tiny-{architecture}"
     spec = BaseModelSpec("tiny", architecture=architecture, layers=2, width=32, heads=4,
                          vocab_size=300, pretrain_steps=5, pretrain_lr=3e-3,
@@ -46,7 +49,6 @@ def _tiny(root: Path, architecture: str) -> Path:
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Path]:
     """Tiny LLaMA and BERT base directories (with base_manifest.json)."""
-    from test_switching import build_base
 
     root = tmp_path_factory.mktemp("bases")
     bert_src = build_base(root / "bert-src", "bert", layers=2)
@@ -108,14 +110,14 @@ def test_extracted_variant_loads_on_original_base_and_reproduces_probe(
 
     out = tmp_path / "adapter"
     params = {"step": 2, "settings": run.to_dict()}
-    manifest = adapters.extract(params, tmp_path / "train", base, out)
+    manifest = extract_adapter(params, tmp_path / "train", base, out)
     assert manifest["variant"]["names"] == list(variant)
     assert manifest["variant"]["peft"]["r"] == 4
     scores, changed = probe_scores(base, out, manifest["probe"])
     assert changed and not any(changed.values())  # the original base, untouched by loading
     converted = manifest["variant"]["converted"]
     config = json.loads((out / "adapter_config.json").read_text())
-    if variants.init_of(variant) in variants.BASE_MUTATING:
+    if variants.rewrites_base(variants.init_of(variant)):
         assert converted["rank"] == manifest["rank"] == config["r"] == 8
         assert config["init_lora_weights"] is True
         assert (tmp_path / "train" / "initial" / "adapter_model.safetensors").is_file()
@@ -174,7 +176,7 @@ def test_variant_resume_ends_with_the_uninterrupted_adapter(
     cut = tmp_path / "cut"
     partial = train(base, groups_path, run, cut, progress=False, stop_after=3)
     assert not partial["complete"]
-    if variants.init_of(variant) in variants.BASE_MUTATING:
+    if variants.rewrites_base(variants.init_of(variant)):
         # the initial adapter survives the interruption; if lost, the resume rebuilds it
         import shutil
 
@@ -183,7 +185,7 @@ def test_variant_resume_ends_with_the_uninterrupted_adapter(
     for step in run.steps:
         assert_bitwise_equal(_tensors(checkpoint_dir(tmp_path / "whole", step)),
                              _tensors(checkpoint_dir(cut, step)))
-    if variants.init_of(variant) in variants.BASE_MUTATING:
+    if variants.rewrites_base(variants.init_of(variant)):
         assert_bitwise_equal(_tensors(initial_dir(tmp_path / "whole")), _tensors(initial_dir(cut)))
 
 
@@ -200,7 +202,7 @@ def test_conversion_matches_peft_and_keeps_head_and_magnitudes(bases, tmp_path) 
     from peft import LoraConfig, TaskType, get_peft_model
     from safetensors.torch import load_file
 
-    from lorascope import roles
+    from lorascope.core import roles
     from lorascope.models.reranker import load_reranker
 
     torch.manual_seed(0)
@@ -221,7 +223,7 @@ def test_conversion_matches_peft_and_keeps_head_and_magnitudes(bases, tmp_path) 
                                path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
     theirs = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
 
-    ours = adapters.delta_from_initial(trained, initial)
+    ours = delta_from_initial(trained, initial)
     assert set(theirs) < set(ours) == set(trained)
     for key, tensor in theirs.items():
         assert torch.equal(ours[key], tensor), key
@@ -230,7 +232,7 @@ def test_conversion_matches_peft_and_keeps_head_and_magnitudes(bases, tmp_path) 
     for key in kept:
         assert torch.equal(ours[key], trained[key])
     peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    converted = adapters.converted_config(
+    converted = converted_config(
         json.loads((tmp_path / "trained" / "adapter_config.json").read_text()))
     for field in ("r", "lora_alpha", "init_lora_weights"):
         assert converted[field] == peft_config[field], field
@@ -239,14 +241,14 @@ def test_conversion_matches_peft_and_keeps_head_and_magnitudes(bases, tmp_path) 
 def test_published_pissa_run_extracts_through_the_stages(bases, groups_path, tmp_path) -> None:
     """The train_lora stage publishes the initial adapter beside the checkpoints (not the
     state), and extraction from the published directory converts the checkpoint."""
-    from lorascope import stages
+    from lorascope.training.stage import train_lora
 
     run = settings(("pissa", "rslora"), steps=(1, 2))
     params = {"model": "tiny", "adapter": "r4-all-pissa_rslora", "settings": run.to_dict()}
-    stages.train_lora(params, bases["llama"], groups_path, tmp_path / "work", tmp_path / "train")
+    train_lora(params, bases["llama"], groups_path, tmp_path / "work", tmp_path / "train")
     published = {p.name for p in (tmp_path / "train").iterdir()}
     assert {"initial", "step-1", "step-2"} <= published and "state" not in published
-    manifest = adapters.extract({**params, "step": 1}, tmp_path / "train", bases["llama"],
+    manifest = extract_adapter({**params, "step": 1}, tmp_path / "train", bases["llama"],
                                 tmp_path / "adapter")
     assert manifest["variant"]["names"] == ["pissa", "rslora"]
     assert manifest["variant"]["converted"]["lora_alpha"] == pytest.approx(64 * 2**0.5)
@@ -262,7 +264,7 @@ def test_extraction_names_a_missing_initial_adapter(bases, groups_path, tmp_path
     train(bases["llama"], groups_path, run, tmp_path / "train", progress=False)
     shutil.rmtree(tmp_path / "train" / "initial")
     with pytest.raises(FileNotFoundError, match=r"initial/adapter_model.safetensors: the initial"):
-        adapters.extract({"step": 1}, tmp_path / "train", bases["llama"], tmp_path / "out")
+        extract_adapter({"step": 1}, tmp_path / "train", bases["llama"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

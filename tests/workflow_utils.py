@@ -33,3 +33,13 @@ def run_snakemake(
             f"{' '.join(cmd + list(args))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def copy_package(dest: Path) -> Path:
+    """A copy of the imported lorascope package under ``dest`` (as a normal install lays it
+    out in site-packages); returns the folder to put on PYTHONPATH."""
+    import lorascope
+
+    src = Path(lorascope.__file__).resolve().parent
+    shutil.copytree(src, dest / "lorascope", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest

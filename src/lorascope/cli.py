@@ -17,7 +17,8 @@ from typing import Any
 log = logging.getLogger("lorascope")
 
 
-def _params(text: str) -> dict[str, Any]:
+def params_arg(text: str) -> dict[str, Any]:
+    """``--params``: a JSON object (a rule's config slice)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -27,14 +28,33 @@ def _params(text: str) -> dict[str, Any]:
     return value
 
 
+def checkpoint_dirs(values: Sequence[str]) -> dict[int, str]:
+    """``--adapter STEP=DIR`` arguments as ``{step: dir}``."""
+    out: dict[int, str] = {}
+    for value in values:
+        step, sep, path = value.partition("=")
+        if not sep or not step.isdigit():
+            raise ValueError(f"--adapter {value!r}: expected STEP=DIR, e.g. 100=results/.../step-100")
+        out[int(step)] = path
+    return out
+
+
 def _validate_config(args: argparse.Namespace) -> None:
-    from lorascope.config import load_study_file
+    from lorascope.study.parse import load_study_file
 
     study = load_study_file(args.config)
     print(
         f"{args.config}: study {study.name!r} is valid (hash {study.hash}; "
         f"{len(study.models)} models, {len(study.splits)} splits)"
     )
+
+
+def _digest(args: argparse.Namespace) -> None:
+    from lorascope.digest import main as digest
+
+    rc = digest(args.results, args.out, args.against)
+    if rc:
+        raise SystemExit(rc)
 
 
 def _build_embedded(args: argparse.Namespace) -> None:
@@ -56,79 +76,38 @@ def _prepare_train(args: argparse.Namespace) -> None:
 
 
 def _first_stage(args: argparse.Namespace) -> None:
-    from lorascope.first_stage import evaluate
+    from lorascope.first_stage import evaluate_first_stage
 
-    evaluate(args.params, args.split_dir, args.metrics, args.summary)
+    evaluate_first_stage(args.params, args.split_dir, args.metrics, args.summary)
 
 
 def _prepare_base(args: argparse.Namespace) -> None:
-    from lorascope.stages import prepare_base
+    from lorascope.models.stage import prepare_base
 
     prepare_base(args.params, args.out, args.train_groups)
 
 
 def _train(args: argparse.Namespace) -> None:
-    from lorascope.stages import train_lora
+    from lorascope.training.stage import train_lora
 
     train_lora(args.params, args.base, args.train_groups, args.work_dir, args.out)
 
 
 def _extract(args: argparse.Namespace) -> None:
-    from lorascope.adapters import extract
+    from lorascope.extraction import extract_adapter
 
-    extract(args.params, args.train_dir, args.base, args.out)
+    extract_adapter(args.params, args.train_dir, args.base, args.out)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from lorascope.stages import evaluate
+    from lorascope.evaluate import evaluate
 
     evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary)
 
 
-def _steps(values: Sequence[str]) -> dict[int, str]:
-    """``STEP=DIR`` arguments as ``{step: dir}``."""
-    out: dict[int, str] = {}
-    for value in values:
-        step, sep, path = value.partition("=")
-        if not sep or not step.isdigit():
-            raise ValueError(f"--adapter {value!r}: expected STEP=DIR, e.g. 100=results/.../step-100")
-        out[int(step)] = path
-    return out
-
-
-def _anatomy(args: argparse.Namespace) -> None:
-    from lorascope.anatomy import anatomy
-
-    anatomy(args.params, _steps(args.adapter), args.out, base_dir=args.base)
-
-
-def _lens(args: argparse.Namespace) -> None:
-    from lorascope.lens import lens
-
-    lens(args.params, args.base, _steps(args.adapter), args.split_dir, args.out, args.summary,
-         out_per_query=args.per_query)
-
-
-def _prune_boundary(args: argparse.Namespace) -> None:
-    from lorascope.boundary import prune
-
-    prune(args.params, args.boundary_summary, args.adapter, args.base, args.out)
-
-
-def _compare_boundary(args: argparse.Namespace) -> None:
-    from lorascope.boundary import compare
-
-    compare(args.params, args.base, args.adapter, args.pruned, args.split_dir, args.scores,
-            args.metrics, args.summary)
-
-
-def _export_compressed(args: argparse.Namespace) -> None:
-    from lorascope.compression import export_compressed
-
-    export_compressed(args.adapter, args.out, args.rank, params=args.params)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from lorascope.analyses.registry import ANALYSES, load
+
     parser = argparse.ArgumentParser(prog="lorascope", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(
@@ -139,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="GPUs this job may use (the rule's gpu resource): sets CUDA_VISIBLE_DEVICES to "
-        "free devices unless a scheduler already did (see lorascope.devices)",
+        "free devices unless a scheduler already did (see lorascope.core.devices)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -151,42 +130,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("validate-config", _validate_config, "Validate a study config file and exit.")
     p.add_argument("config")
 
+    p = add("digest", _digest, "Content digests of a study's tables and adapters (provenance "
+            "and timings left out): write them, or compare two runs bit for bit.")
+    p.add_argument("results", help="a study's results folder (results/<study>)")
+    p.add_argument("--out", help="write the digests (JSON) here instead of stdout")
+    p.add_argument("--against", help="digests of an earlier run: list what differs, exit 1 if any")
+
     p = add("build-embedded-data", _build_embedded, "Rebuild the shipped TREC DL tables.")
     p.add_argument("--from", dest="source", required=True, help="folder with the TREC DL files")
     p.add_argument("--out", required=True, help="output folder (the package's resources/trec-dl)")
 
     p = add("prepare-split", _prepare_split, "Write one reranking split (queries, candidates, qrels).")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--out", required=True, help="split directory")
 
     p = add("prepare-train", _prepare_train, "Write the training groups.")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--out", required=True, help="train_groups.parquet path")
 
     p = add("evaluate-first-stage", _first_stage, "Evaluate the first-stage ranking of a split.")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--split-dir", required=True)
     p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
     p.add_argument("--summary", required=True, help="summary JSON")
     p = add("prepare-base", _prepare_base, "Prepare a base model directory (hub/local/package/GGUF/tiny).")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--out", required=True, help="base model directory")
     p.add_argument("--train-groups", help="training groups (tiny models pretrain on their passages)")
 
     p = add("train", _train, "Train one LoRA reranker, saving checkpoints at the configured steps.")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--base", required=True, help="prepared base model directory")
     p.add_argument("--train-groups", required=True)
     p.add_argument("--work-dir", required=True, help="resumable working directory (kept on failure)")
     p.add_argument("--out", required=True, help="published run directory (checkpoints + log)")
 
     p = add("extract-adapter", _extract, "Extract one checkpoint as a standalone adapter + manifest.")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--train-dir", required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
     p = add("evaluate", _evaluate, "Score a split under every ablation of a sweep (one checkpoint).")
-    p.add_argument("--params", type=_params, required=True)
+    p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--adapter", required=True, help="extracted adapter directory")
     p.add_argument("--split-dir", required=True)
@@ -194,49 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.add_argument("--summary", required=True)
 
-    p = add("anatomy", _anatomy, "LoRA update anatomy (norms, spectra) of every checkpoint of a run.")
-    p.add_argument("--params", type=_params, required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat for every step)")
-    p.add_argument("--base", help="base model directory (DoRA magnitude shifts)")
-    p.add_argument("--out", required=True, help="anatomy Parquet")
-
-    p = add("lens", _lens, "Relevance lens: the score head read out at every layer, per checkpoint.")
-    p.add_argument("--params", type=_params, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat for every step)")
-    p.add_argument("--split-dir", required=True)
-    p.add_argument("--out", required=True, help="lens Parquet (mean per step x layer x measure)")
-    p.add_argument("--per-query", help="per-query lens Parquet")
-    p.add_argument("--summary", required=True)
-
-    p = add("prune-boundary", _prune_boundary,
-            "Choose the boundary layer b on a boundary sweep and export the adapter pruned to 0..b.")
-    p.add_argument("--params", type=_params, required=True)
-    p.add_argument("--boundary-summary", nargs="+", required=True,
-                   help="summary.json of the boundary sweep (one per selection split)")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--out", required=True, help="pruned adapter directory")
-
-    p = add("compare-boundary", _compare_boundary,
-            "Score a test split with the full and the boundary-pruned adapter (unmerged, timed).")
-    p.add_argument("--params", type=_params, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--pruned", required=True)
-    p.add_argument("--split-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--summary", required=True)
-
-    p = add("export-compressed", _export_compressed,
-            "Export an adapter truncated by SVD to a lower rank (a plain peft adapter).")
-    p.add_argument("--params", type=_params, default=None)
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--out", required=True)
+    for analysis in ANALYSES:  # each analysis adds its stages' subcommands
+        load(analysis.module("cli"), "add_commands")(add)
     return parser
 
 
@@ -256,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.gpus is not None:  # before anything imports torch
-            from lorascope.devices import claim
+            from lorascope.core.devices import claim
 
             claim(args.gpus)
         args.func(args)

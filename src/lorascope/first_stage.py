@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import fileio, metrics, provenance
-from lorascope.contracts import CANDIDATES, METRICS, QRELS, read_table, write_table
-from lorascope.data.common import split_paths
+from lorascope.core import fileio, metrics, provenance
+from lorascope.core.contracts import CANDIDATES, METRICS, QRELS, read_table, write_table
+from lorascope.core.names import FIRST_STAGE, RANDOM
+from lorascope.data.splits import split_paths
 
 log = logging.getLogger(__name__)
-ABLATION = "first_stage"
-RANDOM = "random"
+
+STAGE = "evaluate_first_stage"
 RANDOM_SHUFFLES = 20
 
 
@@ -47,9 +48,10 @@ def random_floor(
     return total
 
 
-def evaluate(
+def evaluate_first_stage(
     params: Mapping[str, Any], split_dir: str | Path, metrics_path: str | Path, summary_path: str | Path
 ) -> dict[str, float]:
+    """The stage: the split's first-stage ranking and its random floor, per query and mean."""
     paths = split_paths(Path(split_dir))
     cands = read_table(paths["candidates"], CANDIDATES, columns=["qid", "docid", "rank"])
     qrels = read_table(paths["qrels"], QRELS)
@@ -62,8 +64,8 @@ def evaluate(
     means = metrics.aggregate(values)
     qids, docids = cands.column("qid").to_pylist(), cands.column("docid").to_pylist()
     floor = random_floor(qrels, qids, docids, params["metrics"])
-    record = provenance.record("evaluate_first_stage", params, random_shuffles=RANDOM_SHUFFLES)
-    rows = metrics.to_rows(values, ABLATION)
+    record = provenance.record(STAGE, params, random_shuffles=RANDOM_SHUFFLES)
+    rows = metrics.to_rows(values, FIRST_STAGE)
     for key, column in metrics.to_rows(floor, RANDOM).items():
         rows[key] += column
     write_table(metrics_path, rows, METRICS, record)
@@ -74,7 +76,7 @@ def evaluate(
             "split": params["split"],
             "queries": n_queries,
             "metrics": means,
-            "random": metrics.aggregate(floor),
+            RANDOM: metrics.aggregate(floor),
             "provenance": record,
         },
     )

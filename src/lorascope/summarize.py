@@ -1,8 +1,10 @@
 """The ``summarize`` stage: every evaluation of a study gathered into the summary tables the
-report reads (``evaluations``, ``convergence``, ``training_log`` and ``study.json``).
+report reads: the paper's (``evaluations``, ``convergence``, ``training_log``), each registered
+analysis's (:func:`lorascope.analyses.registry.summary_tables`), and ``study.json``.
 
 Inputs are found from the study's plan, not by globbing, so a stale file of an older config
-never leaks into a report.
+never leaks into a report. An analysis contributes rows through its ``summary.collect`` when it
+has one, else its jobs' tables are concatenated.
 """
 
 from __future__ import annotations
@@ -14,25 +16,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope import fileio, provenance
-from lorascope.contracts import (
-    ANATOMY,
-    BOUNDARY,
+from lorascope.analyses.registry import ANALYSES, load, summary_tables
+from lorascope.core import fileio, provenance
+from lorascope.core.contracts import (
     CONVERGENCE,
     EVALUATIONS,
-    LENS,
     TRAINING_LOG,
     Contract,
     read_table,
     write_rows,
     write_table,
 )
+from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM, STUDY_FILE
 
 log = logging.getLogger(__name__)
 
-FIRST_STAGE = "first_stage"
-BOUNDARY_SWEEP = "boundary_pruned"
-SUMMARY_TABLES = ("evaluations", "convergence", "training_log", "boundary", "lens", "anatomy")
+STAGE = "summarize"
+#: The run fields of an evaluation row (the job's wildcards and its adapter's description).
 JOB_FIELDS = ("model", "adapter", "rank", "targets", "variant", "step", "sweep", "split")
 
 
@@ -60,8 +60,8 @@ def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
 def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows of the first-stage ranking and, when present, of the random-reordering floor."""
     baselines = [(FIRST_STAGE, summary["metrics"])]
-    if "random" in summary:
-        baselines.append(("random", summary["random"]))
+    if RANDOM in summary:
+        baselines.append((RANDOM, summary[RANDOM]))
     return [
         {
             "model": "",
@@ -87,17 +87,17 @@ def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, A
 
 
 def convergence_rows(
-    evaluations: list[dict[str, Any]], rule: Mapping[str, Any], checkpoints_sweep: str
+    evaluations: list[dict[str, Any]], rule: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """Table 2's rule per run, on the checkpoint curves of the rule's split and measure."""
-    from lorascope.stats import convergence_step
+    from lorascope.core.stats import convergence_step
 
     curves: dict[tuple[str, str], dict[int, float]] = {}
     meta: dict[tuple[str, str], dict[str, Any]] = {}
     for row in evaluations:
         if (
-            row["sweep"] == checkpoints_sweep
-            and row["ablation"] == "full"
+            row["sweep"] == CHECKPOINTS
+            and row["ablation"] == FULL
             and row["split"] == rule["split"]
             and row["measure"] == rule["measure"]
         ):
@@ -159,39 +159,32 @@ def wall_times(root: str | Path) -> dict[str, float]:
     return {rule: round(sum(s), 1) for rule, s in sorted(job_seconds(root).items())}
 
 
-def boundary_row(job: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The BOUNDARY row of one pruned-vs-full comparison (``lorascope.boundary.compare``)."""
-    info = summary["boundary"]
-    selection = info.get("selection") or {}
-    # the selection summaries are .../eval/<run>/<sweep>/<split>/summary.json
-    splits = [Path(src).parent.name for src in selection.get("sources") or []]
-    full, pruned = summary["ablations"]["full"], summary["ablations"]["pruned"]
-    return {
-        "model": job["model"],
-        "adapter": job["adapter"],
-        "step": job["step"],
-        "split": job["split"],
-        "selection_split": ",".join(str(s) for s in splits),
-        "measure": selection.get("measure"),
-        "selection_value": selection.get("value"),
-        "b": info["b"],
-        "num_layers": info["layers"],
-        "params_removed_fraction": info["params_removed_fraction"],
-        "lora_params_full": full.get("lora_params"),
-        "lora_params_pruned": pruned.get("lora_params"),
-        "pairs_per_second_full": full.get("pairs_per_second"),
-        "pairs_per_second_pruned": pruned.get("pairs_per_second"),
-        "speedup": info.get("speedup"),
-    }
-
-
-def concat_tables(paths: list[str | Path], contract: Contract, out: Path, record: Mapping[str, Any]) -> int:
-    """The per-job tables of one analysis (lens, anatomy) as one summary table."""
+def concat_tables(paths: list[str | Path], contract: Contract) -> Any:
+    """The per-job tables of one analysis (lens, anatomy) as one table."""
     import pyarrow as pa
 
     tables = [read_table(path, contract) for path in paths]
-    table = pa.concat_tables(tables) if tables else contract.schema.empty_table()
-    return write_table(out, table, contract, record)
+    return pa.concat_tables(tables) if tables else contract.schema.empty_table()
+
+
+def analysis_tables(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every registered analysis's summary tables ({table: rows or Arrow table}) and the rows
+    they add to other tables (``evaluations``), from ``inputs["analyses"][name]``: one entry per
+    job of the analysis (its run fields and output paths)."""
+    out: dict[str, Any] = {}
+    for analysis in ANALYSES:
+        entries = list((inputs.get("analyses") or {}).get(analysis.name) or [])
+        if analysis.summary:
+            found = load(analysis.module("summary"), "collect")(entries)
+        else:
+            found = {name: concat_tables([e[name] for e in entries], contract)
+                     for name, contract in analysis.tables.items()}
+        for name, value in found.items():
+            if name in out:
+                out[name] = [*out[name], *value]
+            else:
+                out[name] = value
+    return out
 
 
 def summarize(
@@ -203,7 +196,8 @@ def summarize(
 
     ``inputs``: ``evaluations`` (list of {job fields..., "summary": path}), ``first_stage``
     ({split: summary path}), ``training`` (list of {model, adapter, "log": path}),
-    ``benchmarks`` (root folder of the benchmark files), ``models`` ({name: base dir}).
+    ``benchmarks`` (root folder of the benchmark files), ``models`` ({name: base dir}),
+    ``analyses`` ({analysis: [entry, ...]}, see :func:`analysis_tables`).
     """
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
@@ -212,18 +206,17 @@ def summarize(
     for job in inputs["evaluations"]:
         fields = {k: job[k] for k in JOB_FIELDS}
         rows += evaluation_rows(fields, json.loads(Path(job["summary"]).read_text()))
-    boundary: list[dict[str, Any]] = []
-    for job in inputs.get("boundary", []):
-        summary = json.loads(Path(job["summary"]).read_text())
-        fields = {**{k: job[k] for k in JOB_FIELDS if k != "sweep"}, "sweep": BOUNDARY_SWEEP}
-        rows += evaluation_rows(fields, summary)
-        boundary.append(boundary_row(job, summary))
-    record = provenance.record("summarize", params)
+    extra = analysis_tables(inputs)
+    rows += extra.pop("evaluations", [])
+    record = provenance.record(STAGE, params)
     write_rows(out / "evaluations.parquet", EVALUATIONS, rows, record)
-    write_rows(out / "boundary.parquet", BOUNDARY, boundary, record)
-    concat_tables(inputs.get("lens", []), LENS, out / "lens.parquet", record)
-    concat_tables(inputs.get("anatomy", []), ANATOMY, out / "anatomy.parquet", record)
-    conv = convergence_rows(rows, params["convergence"], params["checkpoints_sweep"])
+    tables = summary_tables()
+    for name, value in extra.items():
+        if isinstance(value, list):
+            write_rows(out / f"{name}.parquet", tables[name], value, record)
+        else:
+            write_table(out / f"{name}.parquet", value, tables[name], record)
+    conv = convergence_rows(rows, params["convergence"])
     write_rows(out / "convergence.parquet", CONVERGENCE, conv, record)
     train_rows: list[dict[str, Any]] = []
     for run in inputs["training"]:
@@ -234,9 +227,9 @@ def summarize(
         "models": _models(params["study"]["models"], inputs["models"]),
         "provenance": record,
         "wall_times": wall_times(inputs["benchmarks"]),
-        "inputs": {name: str(out / f"{name}.parquet") for name in SUMMARY_TABLES},
+        "inputs": {name: str(out / f"{name}.parquet") for name in tables},
     }
-    fileio.write_json(out / "study.json", study)
+    fileio.write_json(out / STUDY_FILE, study)
     log.info("summary: %d evaluation rows, %d runs", len(rows), len(conv))
 
 

@@ -4,12 +4,12 @@
 
 rule extract_adapter:
     input:
-        train="results/{study}/train/{model}/{adapter}",
-        base="results/{study}/models/{model}/base",
+        train=rules.train_lora.output[0],
+        base=rules.prepare_base.output[0],
     output:
-        directory("results/{study}/adapters/{model}/{adapter}/step-{step}"),
+        directory(results("adapters/{model}/{adapter}/step-{step}")),
     log:
-        "results/{study}/logs/extract_adapter/{model}/{adapter}/step-{step}.log",
+        logs("extract_adapter/{model}/{adapter}/step-{step}.log"),
     priority: 2
     conda:
         ENV
@@ -19,8 +19,8 @@ rule extract_adapter:
         mem_mb=1000,
         runtime=5,
     params:
-        cfg=extract_params,
-        code=code_version("lorascope.adapters:extract"),
+        cfg=config_slice("extract_adapter"),
+        code=code_version("lorascope.extraction:extract_adapter"),
     shell:
         "lorascope --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
         " --base {input.base} --out {output} 2> {log}"

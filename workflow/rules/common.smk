@@ -1,29 +1,161 @@
-# Shared helpers for all stages: the validated study, named input functions, and the
-# functions that hand each job its own config slice (as canonical JSON).
+# Shared by every rule file - the validated study, the path helpers, the one helper that hands
+# a rule its config slice, and the named input functions. (Snakemake's linter wants functions
+# apart from rules: an analysis's rule file, workflow/rules/analyses/<name>.smk, declares its
+# rules and registers its jobs and outputs; the generic functions here do the rest.)
 from functools import cache
 
-from lorascope import plan, slices, variants
-from lorascope.codedeps import code_version
-from lorascope.config import load_study
+from lorascope.analyses import registry
+from lorascope.core.names import REPORT_PAGES, SPLIT_TABLES
+from lorascope.study import plan, slices
+from lorascope.study.codedeps import code_version
+from lorascope.study.parse import load_study
 
-# Validates against workflow/schemas/config.schema.yaml (fills its defaults) and checks what
-# a schema cannot; a bad config stops here, before any job runs, naming the key and value.
+# Validates against the study schema (lorascope/study/config.schema.yaml plus each analysis's
+# schema.yaml; fills the defaults) and checks what a schema cannot; a bad config stops here,
+# before any job runs, naming the key and value.
 STUDY = load_study(config)
 plan.check_plan(STUDY)  # ablation specs against each model's depth and roles
-RESULTS = f"results/{STUDY.name}"
-LOGS = f"{RESULTS}/logs"
-BENCH = f"{RESULTS}/benchmarks"
+# The conda environment of every rule, relative to the rule file (analyses sit one level down).
 ENV = "../../envs/lorascope.yaml"
+ANALYSIS_ENV = "../../../envs/lorascope.yaml"
 
-# Code dependencies: every rule carries the content hash of the package files its stage runs
-# as the param `code` (`code=code_version("lorascope.<module>[:<function>]")`, see
-# lorascope.codedeps), so editing a module reruns exactly the stages that import it, and
-# everything downstream of them.
+# ---- paths -----------------------------------------------------------------------------------
+# A rule's outputs are patterns under results/{study}/ whose names tell their wildcards;
+# input functions fill a pattern in for one job with `path`.
+
+
+def results(pattern):
+    """A path pattern under results/{study}/ (the {study} wildcard left in)."""
+    return f"results/{{study}}/{pattern}"
+
+
+def logs(pattern):
+    return results(f"logs/{pattern}")
+
+
+def benchmarks(pattern):
+    return results(f"benchmarks/{pattern}")
+
+
+def path(pattern, **wildcards):
+    """One job's path: a results/{study}/ pattern with the study and `wildcards` filled in."""
+    return results(pattern).format(study=STUDY.name, **wildcards)
+
+
+def split_tables(split="{split}"):
+    """The tables of a split: patterns, or one split's paths when `split` is a name."""
+    tables = [results(f"data/{split}/{table}.parquet") for table in SPLIT_TABLES]
+    return (
+        tables if split == "{split}" else [t.format(study=STUDY.name) for t in tables]
+    )
+
+
+def split_dir(wildcards):
+    return path("data/{split}", split=wildcards.split)
+
+
+# ---- params: a rule's config slice ------------------------------------------------------------
+# Each rule also carries `code=code_version(<its stage's entry point>)`, the content hash of the
+# package files the stage runs (lorascope.study.codedeps): editing a module reruns exactly the
+# stages that import it, and everything downstream of them.
+
+
+def job_wildcards(wildcards):
+    """A job's wildcards but the study, steps and ranks as ints: its slice's arguments."""
+    return {
+        k: int(v) if k in ("step", "rank") else v
+        for k, v in wildcards.items()
+        if k != "study"
+    }
+
+
+def config_slice(rule):
+    """The `params:` function of a rule: its config slice for one job, as canonical JSON
+    (lorascope.study.slices: exactly the values the job's outputs depend on)."""
+    slice_of = slices.for_rule(rule)
+
+    def params(wildcards):
+        return slices.to_json(slice_of(STUDY, **job_wildcards(wildcards)))
+
+    return params
 
 
 def embedded_tables(source, dataset):
     """Package data a data stage reads: the shipped tables of an embedded collection."""
     return (f"resources/trec-dl/{dataset}.*.parquet",) if source == "embedded" else ()
+
+
+# ---- the paper's plan ---------------------------------------------------------------------------
+
+
+def adapter_dir(model, adapter, step):
+    return path(
+        "adapters/{model}/{adapter}/step-{step}",
+        model=model,
+        adapter=adapter,
+        step=step,
+    )
+
+
+def checkpoint_dirs(wildcards):
+    """Every extracted checkpoint of one run, in step order."""
+    steps = STUDY.models[wildcards.model].training.steps
+    return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
+
+
+def checkpoint_args(wildcards):
+    """`--adapter STEP=DIR` for every checkpoint of the run (checkpoint_dirs' order)."""
+    steps = STUDY.models[wildcards.model].training.steps
+    return " ".join(
+        f"--adapter {step}={d}" for step, d in zip(steps, checkpoint_dirs(wildcards))
+    )
+
+
+def adapter_targets():
+    return [
+        adapter_dir(m.name, a.name, step)
+        for m in STUDY.models.values()
+        for a in m.training.adapters
+        for step in m.training.steps
+    ]
+
+
+def data_targets():
+    out = [path("data/train_groups.parquet")]
+    for split in STUDY.splits:
+        out += split_tables(split)
+    return out
+
+
+def first_stage_targets():
+    return [path("first_stage/{split}/summary.json", split=s) for s in STUDY.splits]
+
+
+@cache
+def eval_jobs():
+    """Every evaluation job of the study, planned once per process (summarize's inputs and
+    params both walk them; on a 10,000-job study that is ~7,000 jobs each time)."""
+    return tuple(plan.evaluation_jobs(STUDY))
+
+
+def eval_summary(job):
+    pattern = "eval/{model}/{adapter}/step-{step}/{sweep}/{split}/summary.json"
+    return path(pattern, **vars(job))
+
+
+def run_fields(model, adapter, step, sweep, split):
+    """A summary row's run fields (rank, targets and variant from the config)."""
+    return {
+        "model": model,
+        "adapter": adapter,
+        **plan.adapter_fields(STUDY, model, adapter),
+        "step": step,
+        "sweep": sweep,
+        "split": split,
+    }
+
+
+# ---- data, base models, training (data.smk, models.smk, train.smk) -----------------------------
 
 
 def train_data_code(wildcards):
@@ -37,37 +169,10 @@ def split_data_code(wildcards):
     return code_version("lorascope.data.prepare:prepare_split", data=data)
 
 
-def train_data_params(wildcards):
-    return slices.to_json(slices.train_data(STUDY))
-
-
-def split_data_params(wildcards):
-    return slices.to_json(slices.split_data(STUDY, wildcards.split))
-
-
-def first_stage_params(wildcards):
-    return slices.to_json(slices.first_stage(STUDY, wildcards.split))
-
-
-def base_model_params(wildcards):
-    return slices.to_json(slices.base_model(STUDY, wildcards.model))
-
-
-def train_params(wildcards):
-    return slices.to_json(slices.train(STUDY, wildcards.model, wildcards.adapter))
-
-
-def extract_params(wildcards):
-    step = int(wildcards.step)
-    return slices.to_json(
-        slices.extract(STUDY, wildcards.model, wildcards.adapter, step)
-    )
-
-
 def base_model_inputs(wildcards):
     """Tiny models pretrain on the study's training passages; other sources need no data."""
     if STUDY.models[wildcards.model].kind == "tiny":
-        return {"train_groups": f"{RESULTS}/data/train_groups.parquet"}
+        return {"train_groups": path("data/train_groups.parquet")}
     return {}
 
 
@@ -78,7 +183,7 @@ def train_groups_arg(wildcards):
 
 
 def train_work_dir(wildcards):
-    return f"{RESULTS}/work/train/{wildcards.model}/{wildcards.adapter}"
+    return path("work/train/{model}/{adapter}", **job_wildcards(wildcards))
 
 
 def train_runtime(wildcards):
@@ -87,261 +192,93 @@ def train_runtime(wildcards):
     return max(30, steps // 2)
 
 
-def adapter_targets():
-    return [
-        f"{RESULTS}/adapters/{m.name}/{a.name}/step-{step}"
-        for m in STUDY.models.values()
-        for a in m.training.adapters
-        for step in m.training.steps
-    ]
+# ---- what each analysis adds (registered by workflow/rules/analyses/<name>.smk) -----------------
+
+# name -> (jobs, {key: output pattern}): `jobs(STUDY)` gives the wildcards of each of the
+# analysis's jobs; each key is a summary table (or "summary") read from that output.
+ANALYSIS_SUMMARY = {}
+# name -> (jobs, output pattern): outputs nothing downstream reads (e.g. exported adapters),
+# asked for by `all`.
+ANALYSIS_TARGETS = {}
+SUMMARY_PATH_KEYS = ("summary", *registry.summary_tables())
 
 
-def split_dir(wildcards):
-    return f"{RESULTS}/data/{wildcards.split}"
+def fill(pattern, wildcards):
+    """An output pattern of a rule (`rules.<rule>.output...`) filled in for one job."""
+    return str(pattern).format(study=STUDY.name, **wildcards)
 
 
-def data_targets():
-    out = [f"{RESULTS}/data/train_groups.parquet"]
-    for split in STUDY.splits:
-        out += expand(f"{RESULTS}/data/{split}/{{table}}.parquet", table=SPLIT_TABLES)
+def analysis_entries():
+    """Per analysis, one entry per job: its wildcards, its adapter's description and the
+    paths summarize reads."""
+    out = {}
+    for name, (jobs, patterns) in sorted(ANALYSIS_SUMMARY.items()):
+        out[name] = [
+            {
+                **job,
+                **plan.adapter_fields(STUDY, job["model"], job["adapter"]),
+                **{key: fill(pattern, job) for key, pattern in patterns.items()},
+            }
+            for job in jobs(STUDY)
+        ]
     return out
 
 
-def first_stage_targets():
-    return [f"{RESULTS}/first_stage/{split}/summary.json" for split in STUDY.splits]
+def analysis_targets():
+    return [
+        fill(pattern, job)
+        for jobs, pattern in ANALYSIS_TARGETS.values()
+        for job in jobs(STUDY)
+    ]
 
 
-def data_all_targets(wildcards):
-    return data_targets() + first_stage_targets()
+def summary_targets():
+    """Every table of the study summary, and study.json."""
+    return {
+        **{t: results(f"summary/{t}.parquet") for t in registry.summary_tables()},
+        "study": results("summary/study.json"),
+    }
+
+
+# ---- summary, report (summary.smk, report.smk) -------------------------------------------------
+
+
+def summarize_inputs(wildcards):
+    """Every file summarize reads, found from the plan (never by globbing)."""
+    inputs = {
+        "evals": [eval_summary(job) for job in eval_jobs()],
+        "first_stage": first_stage_targets(),
+        "train": [
+            path("train/{model}/{adapter}", model=m.name, adapter=a.name)
+            for m in STUDY.models.values()
+            for a in m.training.adapters
+        ],
+        "bases": [path("models/{model}/base", model=m) for m in STUDY.models],
+    }
+    for name, entries in analysis_entries().items():
+        inputs[f"analysis_{name}"] = [
+            value
+            for entry in entries
+            for key, value in sorted(entry.items())
+            if key in SUMMARY_PATH_KEYS
+        ]
+    return inputs
+
+
+def summarize_jobs(wildcards):
+    """The run fields of the evaluation jobs (aligned with input.evals), and each analysis's
+    entries (run fields and output paths)."""
+    return {
+        "evals": [run_fields(**vars(job)) for job in eval_jobs()],
+        "analyses": analysis_entries(),
+    }
 
 
 def all_targets(wildcards):
     return (
-        data_all_targets(wildcards)
+        data_targets()
+        + first_stage_targets()
         + adapter_targets()
-        + compressed_targets()
-        + [f"reports/{STUDY.name}/{name}" for name in REPORT_FILES]
+        + analysis_targets()
+        + [f"reports/{STUDY.name}/{page}" for page in REPORT_PAGES]
     )
-
-
-SPLIT_TABLES = ("queries", "candidates", "qrels")
-
-
-def evaluate_params(wildcards):
-    return slices.to_json(
-        slices.evaluate(
-            STUDY,
-            wildcards.model,
-            wildcards.adapter,
-            int(wildcards.step),
-            wildcards.sweep,
-            wildcards.split,
-        )
-    )
-
-
-def eval_summary(job):
-    return f"{RESULTS}/eval/{job.model}/{job.adapter}/step-{job.step}/{job.sweep}/{job.split}/summary.json"
-
-
-@cache
-def eval_jobs():
-    """Every evaluation job of the study, planned once per process (summarize's inputs and
-    params both walk them; on a 10,000-job study that is ~7,000 jobs each time)."""
-    return tuple(plan.evaluation_jobs(STUDY))
-
-
-def evaluation_targets():
-    return [eval_summary(job) for job in eval_jobs()]
-
-
-def summarize_inputs(wildcards):
-    return {
-        "evals": evaluation_targets(),
-        "first_stage": first_stage_targets(),
-        "train": [
-            f"{RESULTS}/train/{m.name}/{a.name}"
-            for m in STUDY.models.values()
-            for a in m.training.adapters
-        ],
-        "bases": [f"{RESULTS}/models/{m}/base" for m in STUDY.models],
-        "boundary": boundary_targets(),
-        "lens": lens_targets(),
-        "anatomy": anatomy_targets(),
-    }
-
-
-def run_fields(model, adapter, step, sweep, split):
-    """A summary row's run fields (rank, targets and variant from the config)."""
-    a = plan.adapter_of(STUDY.models[model], adapter)
-    return {
-        "model": model,
-        "adapter": adapter,
-        "rank": a.rank,
-        "targets": a.targets_name,
-        "variant": variants.label(a.variant),
-        "step": step,
-        "sweep": sweep,
-        "split": split,
-    }
-
-
-def summarize_jobs(wildcards):
-    """The run fields of the evaluation jobs (aligned with input.evals) and of the boundary
-    comparisons (aligned with input.boundary)."""
-    return {
-        "evals": [
-            run_fields(j.model, j.adapter, j.step, j.sweep, j.split)
-            for j in eval_jobs()
-        ],
-        "boundary": [
-            run_fields(m, a, step, "", split) for m, a, step, split in boundary_jobs()
-        ],
-    }
-
-
-def summarize_params(wildcards):
-    """Convergence settings and the study's description for study.json. Not the config
-    hash (it changes with any value; a report-only change must not rerun the summary).
-    """
-    cfg = slices.summarize(STUDY)
-    cfg["checkpoints_sweep"] = plan.CHECKPOINTS
-    cfg["study"] = {
-        "study": STUDY.name,
-        "models": {
-            m.name: {"label": m.label, "mechanics_only": m.mechanics_only}
-            for m in STUDY.models.values()
-        },
-        "splits": {
-            s.name: {"dataset": s.dataset, "depth": s.depth, "queries": s.queries}
-            for s in STUDY.splits.values()
-        },
-        "adapters": {
-            m.name: {
-                a.name: {
-                    "rank": a.rank,
-                    "targets": a.targets_name,
-                    "variant": variants.label(a.variant),
-                }
-                for a in m.training.adapters
-            }
-            for m in STUDY.models.values()
-        },
-        "analyses": STUDY.raw.get("analyses") or {},
-    }
-    return cfg
-
-
-def report_params(wildcards):
-    """The report's presentation settings, and the hash of the whole config (its provenance
-    block names the config that produced it; every change reaches the report anyway)."""
-    return {**slices.report(STUDY), "config_hash": STUDY.hash}
-
-
-REPORT_FILES = ("report.md", "report.tex", "report.html")
-
-
-# ---- analyses (workflow/rules/analyses.smk) ----
-
-
-def _steps(model):
-    return STUDY.models[model].training.steps
-
-
-def run_checkpoints(wildcards):
-    """The base model and every extracted checkpoint of one run."""
-    root = f"{RESULTS}/adapters/{wildcards.model}/{wildcards.adapter}"
-    return {
-        "base": f"{RESULTS}/models/{wildcards.model}/base",
-        "adapters": [f"{root}/step-{step}" for step in _steps(wildcards.model)],
-    }
-
-
-def checkpoint_args(wildcards):
-    """`--adapter STEP=DIR` for every checkpoint of the run (run_checkpoints' order)."""
-    root = f"{RESULTS}/adapters/{wildcards.model}/{wildcards.adapter}"
-    return " ".join(
-        f"--adapter {step}={root}/step-{step}" for step in _steps(wildcards.model)
-    )
-
-
-def anatomy_params(wildcards):
-    return slices.to_json(slices.anatomy(STUDY, wildcards.model, wildcards.adapter))
-
-
-def lens_params(wildcards):
-    return slices.to_json(
-        slices.lens(STUDY, wildcards.model, wildcards.adapter, wildcards.split)
-    )
-
-
-def boundary_selection(wildcards):
-    """The boundary sweep's summary on the selection split, which chooses b."""
-    b = STUDY.analyses.boundary
-    run = f"{RESULTS}/eval/{wildcards.model}/{wildcards.adapter}/step-{wildcards.step}"
-    return {"summaries": [f"{run}/{b.sweep}/{b.selection_split}/summary.json"]}
-
-
-def prune_boundary_params(wildcards):
-    return slices.to_json(
-        slices.prune_boundary(
-            STUDY, wildcards.model, wildcards.adapter, int(wildcards.step)
-        )
-    )
-
-
-def compare_boundary_params(wildcards):
-    return slices.to_json(
-        slices.compare_boundary(
-            STUDY,
-            wildcards.model,
-            wildcards.adapter,
-            int(wildcards.step),
-            wildcards.split,
-        )
-    )
-
-
-def export_compressed_params(wildcards):
-    return slices.to_json(
-        slices.export_compressed(
-            STUDY,
-            wildcards.model,
-            wildcards.adapter,
-            int(wildcards.step),
-            int(wildcards.rank),
-        )
-    )
-
-
-def anatomy_targets():
-    return [f"{RESULTS}/anatomy/{m}/{a}.parquet" for m, a in plan.anatomy_runs(STUDY)]
-
-
-def lens_targets():
-    return [
-        f"{RESULTS}/lens/{m}/{a}/{s}/lens.parquet" for m, a, s in plan.lens_jobs(STUDY)
-    ]
-
-
-def boundary_jobs():
-    b = STUDY.analyses.boundary
-    return [
-        (m, a, step, split)
-        for m, a, step in plan.boundary_runs(STUDY)
-        for split in (b.splits if b else ())
-    ]
-
-
-def boundary_targets():
-    return [
-        f"{RESULTS}/boundary/{m}/{a}/step-{step}/{split}/summary.json"
-        for m, a, step, split in boundary_jobs()
-    ]
-
-
-def compressed_targets():
-    return [
-        f"{RESULTS}/compressed/{m}/{a}/step-{step}/r{rank}"
-        for m, a, step, rank in plan.compression_exports(STUDY)
-    ]

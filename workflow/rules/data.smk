@@ -3,11 +3,11 @@
 
 rule prepare_train:
     output:
-        "results/{study}/data/train_groups.parquet",
+        results("data/train_groups.parquet"),
     log:
-        "results/{study}/logs/prepare_train.log",
+        logs("prepare_train.log"),
     benchmark:
-        "results/{study}/benchmarks/prepare_train.tsv"
+        benchmarks("prepare_train.tsv")
     conda:
         ENV
     threads: 1
@@ -16,7 +16,7 @@ rule prepare_train:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=train_data_params,
+        cfg=config_slice("prepare_train"),
         code=train_data_code,
     shell:
         "lorascope --threads {threads} --gpus {resources.gpu} prepare-train --params {params.cfg:q} --out {output} 2> {log}"
@@ -24,11 +24,11 @@ rule prepare_train:
 
 rule prepare_split:
     output:
-        expand("results/{{study}}/data/{{split}}/{table}.parquet", table=SPLIT_TABLES),
+        split_tables(),
     log:
-        "results/{study}/logs/prepare_split/{split}.log",
+        logs("prepare_split/{split}.log"),
     benchmark:
-        "results/{study}/benchmarks/prepare_split/{split}.tsv"
+        benchmarks("prepare_split/{split}.tsv")
     conda:
         ENV
     threads: 1
@@ -37,7 +37,7 @@ rule prepare_split:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=split_data_params,
+        cfg=config_slice("prepare_split"),
         out=split_dir,
         code=split_data_code,
     shell:

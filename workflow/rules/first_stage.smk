@@ -3,14 +3,14 @@
 
 rule evaluate_first_stage:
     input:
-        expand("results/{{study}}/data/{{split}}/{table}.parquet", table=SPLIT_TABLES),
+        rules.prepare_split.output,
     output:
-        metrics="results/{study}/first_stage/{split}/metrics.parquet",
-        summary="results/{study}/first_stage/{split}/summary.json",
+        metrics=results("first_stage/{split}/metrics.parquet"),
+        summary=results("first_stage/{split}/summary.json"),
     log:
-        "results/{study}/logs/evaluate_first_stage/{split}.log",
+        logs("evaluate_first_stage/{split}.log"),
     benchmark:
-        "results/{study}/benchmarks/evaluate_first_stage/{split}.tsv"
+        benchmarks("evaluate_first_stage/{split}.tsv")
     conda:
         ENV
     threads: 1
@@ -19,7 +19,7 @@ rule evaluate_first_stage:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=first_stage_params,
+        cfg=config_slice("evaluate_first_stage"),
         split_dir=split_dir,
         code=code_version("lorascope.first_stage"),
     shell:
@@ -30,4 +30,5 @@ rule evaluate_first_stage:
 rule data_all:
     # Target: every split prepared and its first-stage ranking evaluated.
     input:
-        data_all_targets,
+        data_targets(),
+        first_stage_targets(),

@@ -6,11 +6,11 @@ rule prepare_base:
     input:
         unpack(base_model_inputs),
     output:
-        directory("results/{study}/models/{model}/base"),
+        directory(results("models/{model}/base")),
     log:
-        "results/{study}/logs/prepare_base/{model}.log",
+        logs("prepare_base/{model}.log"),
     benchmark:
-        "results/{study}/benchmarks/prepare_base/{model}.tsv"
+        benchmarks("prepare_base/{model}.tsv")
     priority: 1
     conda:
         ENV
@@ -20,9 +20,9 @@ rule prepare_base:
         mem_mb=8000,
         runtime=60,
     params:
-        cfg=base_model_params,
+        cfg=config_slice("prepare_base"),
         train_groups=train_groups_arg,
-        code=code_version("lorascope.stages:prepare_base"),
+        code=code_version("lorascope.models.stage:prepare_base"),
     shell:
         "lorascope --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
         " 2> {log}"

@@ -1,5 +1,5 @@
-# The report: the paper's Tables 1-4 and the figures, as Markdown, LaTeX and one
-# self-contained HTML page in reports/{study}/.
+# The report: the paper's Tables 1-4, the analyses' sections and the figures, as Markdown,
+# LaTeX and one self-contained HTML page in reports/{study}/.
 
 
 localrules:
@@ -8,13 +8,7 @@ localrules:
 
 rule report:
     input:
-        evaluations="results/{study}/summary/evaluations.parquet",
-        convergence="results/{study}/summary/convergence.parquet",
-        training_log="results/{study}/summary/training_log.parquet",
-        boundary="results/{study}/summary/boundary.parquet",
-        lens="results/{study}/summary/lens.parquet",
-        anatomy="results/{study}/summary/anatomy.parquet",
-        study="results/{study}/summary/study.json",
+        **summary_targets(),
     output:
         md=report(
             "reports/{study}/report.md",
@@ -30,7 +24,7 @@ rule report:
             labels={"format": "HTML (self-contained)"},
         ),
     log:
-        "results/{study}/logs/report.log",
+        logs("report.log"),
     conda:
         ENV
     threads: 1
@@ -39,8 +33,11 @@ rule report:
         mem_mb=4000,
         runtime=10,
     params:
-        cfg=report_params,
+        cfg=config_slice("report"),
+        config_hash=STUDY.hash,
         out_dir="reports/{study}",
-        code=code_version("lorascope.report", data=["reference/*.yaml"]),
+        code=code_version(
+            "lorascope.report", *registry.modules("report"), data=["reference/*.yaml"]
+        ),
     script:
         "../scripts/report.py"

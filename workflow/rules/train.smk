@@ -4,14 +4,14 @@
 
 rule train_lora:
     input:
-        base="results/{study}/models/{model}/base",
-        train_groups="results/{study}/data/train_groups.parquet",
+        base=rules.prepare_base.output[0],
+        train_groups=rules.prepare_train.output[0],
     output:
-        directory("results/{study}/train/{model}/{adapter}"),
+        directory(results("train/{model}/{adapter}")),
     log:
-        "results/{study}/logs/train_lora/{model}/{adapter}.log",
+        logs("train_lora/{model}/{adapter}.log"),
     benchmark:
-        "results/{study}/benchmarks/train_lora/{model}/{adapter}.tsv"
+        benchmarks("train_lora/{model}/{adapter}.tsv")
     priority: 2
     conda:
         ENV
@@ -21,9 +21,9 @@ rule train_lora:
         mem_mb=16000,
         runtime=train_runtime,
     params:
-        cfg=train_params,
+        cfg=config_slice("train_lora"),
         work=train_work_dir,
-        code=code_version("lorascope.stages:train_lora"),
+        code=code_version("lorascope.training.stage:train_lora"),
     shell:
         "lorascope --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
         " --train-groups {input.train_groups} --work-dir {params.work} --out {output}"

@@ -1,5 +1,6 @@
 """Thin wrapper: the summarize rule's inputs and params into lorascope.summarize."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,12 +13,7 @@ inputs = {
         {**job, "summary": path}
         for job, path in zip(jobs["evals"], snakemake.input.evals)  # noqa: F821
     ],
-    "boundary": [
-        {**job, "summary": path}
-        for job, path in zip(jobs["boundary"], snakemake.input.boundary)  # noqa: F821
-    ],
-    "lens": list(snakemake.input.lens),  # noqa: F821
-    "anatomy": list(snakemake.input.anatomy),  # noqa: F821
+    "analyses": jobs["analyses"],
     "first_stage": {
         Path(path).parent.name: path for path in snakemake.input.first_stage  # noqa: F821
     },
@@ -28,4 +24,8 @@ inputs = {
     "benchmarks": snakemake.params.benchmarks,  # noqa: F821
     "models": {Path(d).parent.name: d for d in snakemake.input.bases},  # noqa: F821
 }
-summarize(snakemake.params.cfg, inputs, Path(snakemake.output.study).parent)  # noqa: F821
+summarize(
+    json.loads(snakemake.params.cfg),  # noqa: F821
+    inputs,
+    Path(snakemake.output.study).parent,  # noqa: F821
+)

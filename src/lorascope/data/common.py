@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lorascope.contracts import CANDIDATES, QRELS, QUERIES, TRAIN_GROUPS, write_rows
+from lorascope.core.contracts import TRAIN_GROUPS, write_rows
+from lorascope.data.splits import SPLIT_FILES, split_paths
 
 
 def _stable_key(seed: int, qid: str) -> str:
@@ -75,14 +76,6 @@ def write_train_groups(
     path: Path, groups: Iterable[Mapping[str, Any]], provenance: Mapping[str, Any]
 ) -> int:
     return write_rows(path, TRAIN_GROUPS, groups, provenance)
-
-
-SPLIT_FILES = {"queries": QUERIES, "candidates": CANDIDATES, "qrels": QRELS}
-
-
-def split_paths(out_dir: Path) -> dict[str, Path]:
-    """The three files of a reranking split directory."""
-    return {name: Path(out_dir) / f"{name}.parquet" for name in SPLIT_FILES}
 
 
 def write_split(

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lorascope.contracts import CANDIDATES, QRELS, QUERIES, read_table, write_table
+from lorascope.core.contracts import CANDIDATES, QRELS, QUERIES, read_table, write_table
 from lorascope.data.common import make_groups
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from lorascope import provenance
+from lorascope.core import provenance
 from lorascope.data.common import select_queries, write_split, write_train_groups
 
 log = logging.getLogger(__name__)

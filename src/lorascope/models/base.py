@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lorascope import fileio
-from lorascope.config import package_dir
-from lorascope.provenance import package_version
-from lorascope.roles import UnsupportedArchitecture, num_layers, roles_for
+from lorascope.core import fileio
+from lorascope.core.packages import package_dir
+from lorascope.core.packages import package_version
+from lorascope.core.roles import UnsupportedArchitecture, num_layers, roles_for
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class BaseModelSpec:
 
     @classmethod
     def from_source(cls, source: Mapping[str, Any], seed: int = 0) -> BaseModelSpec:
-        """The spec of a config model source (``lorascope.config.Model.source``).
+        """The spec of a config model source (``lorascope.study.spec.Model.source``).
 
         Accepts ``{"hub": id, "revision": rev}``, ``{"path": dir}``,
         ``{"package": {"name", "path"}}``, ``{"gguf": {"file", "package"?}}`` and

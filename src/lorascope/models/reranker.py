@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorascope.roles import ArchitectureRoles, roles_for
+from lorascope.core.roles import ArchitectureRoles, roles_for
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Weights dtypes a reranker can be loaded in.
 DTYPES = ("float32", "bfloat16", "float16")
+#: Tokens per (query, passage) pair unless a study says otherwise (RECIPE.md: 196).
+MAX_LENGTH = 196
 
 
 def fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:

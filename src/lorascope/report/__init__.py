@@ -1,10 +1,10 @@
 """The study report: the paper's four tables, figures and provenance, in Markdown, LaTeX and
-one self-contained HTML page, plus the sections beyond the paper (layer × role heatmaps,
-boundary-layer pruning, relevance lens, LoRA update anatomy, post-hoc rank compression, LoRA
-variants).
+one self-contained HTML page, plus the sections beyond the paper (layer × role heatmaps, each
+registered analysis's section - boundary-layer pruning, relevance lens, LoRA update anatomy,
+post-hoc rank compression - and the LoRA variants).
 
 Entry point: :func:`render_report`. The report is built as data first (``tables``,
-``figures``, one ``*_section`` module per part beyond the paper, ``document``), then rendered
+``figures``, ``variants_section``, each analysis's ``report`` module, ``document``), then rendered
 by one module per format (``render_md``, ``render_latex``, ``render_html``). Everything goes to a temporary directory beside
 ``out_dir`` and is moved into place file by file (``os.replace``), the report pages last, so a
 reader never sees a half-written file; files of an earlier render that this one no longer
@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_report"]
+from lorascope.core.names import REPORT_PAGES
 
-REPORT_PAGES = ("report.md", "report.tex", "report.html")
+__all__ = ["render_report"]
 
 
 def _csv(records: list[dict[str, Any]]) -> bytes:
@@ -75,15 +75,15 @@ def render_report(params: Mapping[str, Any], summary_dir: str | Path, out_dir: s
     """Render the report of one study from its summary directory into ``out_dir``.
 
     Args:
-        params: the report slice of the study config, resolved by the workflow (study,
-            reference, decimals, main_split, companion_splits, models, table1..table4,
-            heatmap, boundary; optional: lens, anatomy, compression); see
-            ``workflow/rules/report.smk`` and the ``*_section`` modules for the keys each part
+        params: the report slice of the study config (:func:`lorascope.study.slices.report`:
+            study, reference, decimals, main_split, companion_splits, models, table1..table4,
+            heatmap, and each analysis's section params under its name); see the
+            ``variants_section`` and the analyses' ``report`` modules for the keys each part
             reads.
-        summary_dir: holds ``evaluations.parquet``, ``convergence.parquet``,
-            ``training_log.parquet``, ``boundary.parquet``, ``lens.parquet``,
-            ``anatomy.parquet`` and ``study.json`` (any part may be missing: its part of the
-            report becomes a one-line note).
+        summary_dir: holds the study summary's tables
+            (:func:`lorascope.analyses.registry.summary_tables`, ``<table>.parquet``) and
+            ``study.json`` (any part may be missing: its part of the report becomes a one-line
+            note).
         out_dir: ``reports/<study>/``.
 
     Returns:

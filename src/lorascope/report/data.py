@@ -16,21 +16,22 @@ from typing import Any
 
 import pandas as pd
 
-from lorascope import contracts
-from lorascope.ablation import parse_layer_role_name
+from lorascope.analyses.registry import summary_tables
+from lorascope.core import contracts
+from lorascope.core.names import (
+    FIRST_STAGE,
+    FULL,
+    PAPER_SUMMARY_TABLES,
+    STUDY_FILE,
+    parse_layer_role_name,
+)
 
-SUMMARY_FILES = {
-    "evaluations": ("evaluations.parquet", contracts.EVALUATIONS),
-    "convergence": ("convergence.parquet", contracts.CONVERGENCE),
-    "training_log": ("training_log.parquet", contracts.TRAINING_LOG),
-    "boundary": ("boundary.parquet", contracts.BOUNDARY),
-    "lens": ("lens.parquet", contracts.LENS),
-    "anatomy": ("anatomy.parquet", contracts.ANATOMY),
-}
 PLAIN_VARIANTS = ("", "lora")
-STUDY_FILE = "study.json"
-FIRST_STAGE = "first_stage"
-FULL = "full"
+
+
+def summary_file(name: str) -> str:
+    """The file of a summary table in the summary folder."""
+    return f"{name}.parquet"
 
 
 def _empty(contract: contracts.Contract) -> pd.DataFrame:
@@ -47,9 +48,14 @@ class ReportInputs:
     training_log: pd.DataFrame
     study: dict[str, Any]
     files: dict[str, Path | None] = field(default_factory=dict)
-    boundary: pd.DataFrame = field(default_factory=lambda: _empty(contracts.BOUNDARY))
-    lens: pd.DataFrame = field(default_factory=lambda: _empty(contracts.LENS))
-    anatomy: pd.DataFrame = field(default_factory=lambda: _empty(contracts.ANATOMY))
+    #: The analyses' summary tables by name (:func:`table` gives an empty one when missing).
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """An analysis's summary table (empty, with its columns, when the summary has none)."""
+        if name not in self.tables:
+            self.tables[name] = _empty(summary_tables()[name])
+        return self.tables[name]
 
     # ---- study.json accessors -----------------------------------------------------------
 
@@ -82,7 +88,7 @@ class ReportInputs:
 
     def missing_note(self, name: str, analysis: str | None = None) -> str:
         """Why a summary table has nothing to show, in words (for an Omitted note)."""
-        filename = SUMMARY_FILES[name][0]
+        filename = summary_file(name)
         if analysis is not None and "analyses" in self.study and self.analysis(analysis) is None:
             return f"the study config has no `analyses.{analysis}`"
         if self.files.get(name) is None:
@@ -113,7 +119,7 @@ class ReportInputs:
         if recorded:
             return str(recorded)
         found = self.files.get(name)
-        return str(found) if found is not None else SUMMARY_FILES.get(name, (name,))[0]
+        return str(found) if found is not None else summary_file(name)
 
     # ---- evaluations helpers --------------------------------------------------------------
 
@@ -215,8 +221,8 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
     summary_dir = Path(summary_dir)
     frames: dict[str, pd.DataFrame] = {}
     files: dict[str, Path | None] = {}
-    for key, (filename, contract) in SUMMARY_FILES.items():
-        path = summary_dir / filename
+    for key, contract in summary_tables().items():
+        path = summary_dir / summary_file(key)
         if path.is_file():
             frame = contracts.read_table(path, contract).to_pandas()
             files[key] = path
@@ -244,9 +250,7 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
         training_log=frames["training_log"],
         study=study,
         files=files,
-        boundary=frames["boundary"],
-        lens=frames["lens"],
-        anatomy=frames["anatomy"],
+        tables={k: v for k, v in frames.items() if k not in PAPER_SUMMARY_TABLES},
     )
 
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from lorascope.analyses.registry import ANALYSES, load, summary_tables
+from lorascope.core.names import PAPER_SUMMARY_TABLES
 from lorascope.report import figures as figs
 from lorascope.report.data import ReportInputs, load_reference
 from lorascope.report.model import Document, Figure, Omitted, Section, Table
@@ -68,10 +70,8 @@ def _provenance(
                 sources[-1] = (f"{sources[-1][0]} (and its figure)", text)
                 continue
             sources.append((item.title, text))
-    files = [(name, inputs.source_path(name)) for name in
-             ("evaluations", "convergence", "training_log", "boundary", "lens", "anatomy")
-             if name in ("evaluations", "convergence", "training_log")
-             or inputs.files.get(name) is not None]
+    files = [(name, inputs.source_path(name)) for name in summary_tables()
+             if name in PAPER_SUMMARY_TABLES or inputs.files.get(name) is not None]
     files.append(("study", str((study.get("inputs") or {}).get("study") or inputs.files.get("study")
                                or "study.json")))
     out.append(("Summary inputs", files))
@@ -80,59 +80,32 @@ def _provenance(
     return out
 
 
-INTROS = {
-    "boundary-layer": (
-        "Keep LoRA only in layers 0..b: the boundary sweep picks b on the selection split, the "
-        "pruned adapter (a plain peft adapter without the upper layers' LoRA) is then scored "
-        "against the full one on the test splits."
-    ),
-    "lens": (
-        "The trained score head applied to every layer's hidden state: from which depth is "
-        "relevance readable, for the base model and as training goes on?"
-    ),
-    "anatomy": (
-        "The LoRA updates themselves, ΔW = s·B·A per (layer, role) module, described from "
-        "the r×r factorisation: where their mass sits, how it moves over checkpoints and "
-        "ranks, how many directions they use, and whether size predicts importance."
-    ),
-    "compression": (
-        "A trained adapter cut to lower ranks after training (truncated SVD of each module's "
-        "B·A), beside adapters trained at those ranks."
-    ),
-    "variants": "The same experiments per LoRA variant (DoRA, rsLoRA, PiSSA, OLoRA, EVA).",
-}
+VARIANTS_INTRO = "The same experiments per LoRA variant (DoRA, rsLoRA, PiSSA, OLoRA, EVA)."
 
 
-def _section(title: str, anchor: str, items: list[Table | Figure | Omitted]) -> Section:
+def _section(title: str, anchor: str, intro: str, items: list[Table | Figure | Omitted]
+             ) -> Section:
     """A "beyond the paper" section; its intro only when something is shown."""
     shown = any(not isinstance(i, Omitted) for i in items)
-    intro: list[Table | Figure | Omitted | str] = (
-        [INTROS[anchor]] if shown and anchor in INTROS else []
-    )
-    return Section(title, anchor, intro + list(items))
+    return Section(title, anchor, ([intro] if shown else []) + list(items))
 
 
 def beyond_sections(params: Mapping[str, Any], inputs: ReportInputs) -> list[Section]:
-    """The sections beyond the paper's tables, in reading order."""
-    from lorascope.report.anatomy_section import anatomy_items
-    from lorascope.report.boundary_section import boundary_table
-    from lorascope.report.compression_section import compression_table
-    from lorascope.report.lens_section import lens_items
+    """The sections beyond the paper's tables, in reading order: where relevance lives (the
+    layer x role heatmaps, the training loss), each registered analysis's section, the
+    variants."""
     from lorascope.report.variants_section import variants_table
 
     where: list[Table | Figure | Omitted] = [*figs.heatmaps(params, inputs),
                                              figs.training_loss(params, inputs)]
-    return [
-        Section("Beyond the paper: where relevance lives", "beyond", list(where)),
-        _section("Beyond the paper: boundary layer", "boundary-layer",
-                 [figs.boundary_curves(params, inputs), boundary_table(params, inputs)]),
-        _section("Beyond the paper: relevance lens", "lens", lens_items(params, inputs)),
-        _section("Beyond the paper: LoRA update anatomy", "anatomy",
-                 anatomy_items(params, inputs)),
-        _section("Beyond the paper: post-hoc rank compression", "compression",
-                 [compression_table(params, inputs)]),
-        _section("Beyond the paper: LoRA variants", "variants", [variants_table(params, inputs)]),
-    ]
+    sections = [Section("Beyond the paper: where relevance lives", "beyond", list(where))]
+    for analysis in ANALYSES:
+        items = load(analysis.module("report"), "items")(params, inputs)
+        anchor = "boundary-layer" if analysis.name == "boundary" else analysis.name
+        sections.append(_section(analysis.title, anchor, analysis.intro, items))
+    sections.append(_section("Beyond the paper: LoRA variants", "variants", VARIANTS_INTRO,
+                             [variants_table(params, inputs)]))
+    return sections
 
 
 def build_document(params: Mapping[str, Any], inputs: ReportInputs) -> Document:

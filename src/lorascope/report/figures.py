@@ -4,11 +4,8 @@ Figures of the tables are drawn from the built :class:`Table` objects, so a figu
 disagree with its table: learning curves (Table 1), rank comparison with convergence steps
 (Table 2), grouped bars of the ablations (Tables 3 and 4). The others read the summary:
 the layer x role heatmap of an ``each_layer_role`` sweep (drop against the full adapter per
-cell), the boundary curve of a ``boundary`` sweep (metric when keeping LoRA in layers 0..b; the
-b marked is the boundary analysis' own choice from ``boundary.parquet`` where it ran, else
-:func:`lorascope.boundary.select_boundary`'s on the selection split) and the training loss
-curves. The other "beyond the paper" figures live with their tables in the ``*_section``
-modules.
+cell) and the training loss curves. The analyses' figures live with their tables in their
+``report`` modules (:mod:`lorascope.analyses`).
 
 Every builder returns a :class:`Figure` with PNG and PDF bytes, or an :class:`Omitted`.
 """
@@ -21,11 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from lorascope.ablation import parse_boundary_name
 from lorascope.report import plotting
-from lorascope.report.data import FULL, ReportInputs, layer_role_drops
+from lorascope.report.data import ReportInputs, layer_role_drops
 from lorascope.report.model import SIGNIFICANT, Figure, Omitted, Table
 from lorascope.report.tables import display_models, split_label
 
@@ -309,132 +304,6 @@ def heatmaps(params: Mapping[str, Any], inputs: ReportInputs) -> list[Figure | O
              f"split `{split}`, measure `{measure}`"],
         ))
     return out
-
-
-# ---------------------------------------------------------------------------- boundary curve
-
-
-def choose_boundary(
-    points: Mapping[int, float], measure: str, num_layers: int
-) -> int | None:
-    """The boundary :func:`lorascope.boundary.select_boundary` chooses from a boundary curve
-    (``{b: value}``, ``b = num_layers - 1`` being the full adapter): its rule
-    (:func:`lorascope.boundary.choose`), not a copy of it. None when the curve has no
-    full-adapter point or no usable value."""
-    from lorascope.boundary import choose
-
-    usable = {b: float(v) for b, v in points.items()
-              if 0 <= b <= num_layers - 1 and v is not None and v == v}
-    if num_layers - 1 not in usable:
-        return None
-    return choose(usable)
-
-
-def _analysis_boundary(inputs: ReportInputs, model: str, adapter: str, step: int) -> int | None:
-    """The b the boundary analysis chose for this run (``boundary.parquet``), if it ran."""
-    rows = inputs.boundary
-    rows = rows[(rows["model"] == model) & (rows["adapter"] == adapter)
-                & (rows["step"] == step)]
-    return None if rows.empty else int(rows["b"].iloc[0])
-
-
-def boundary_curves(params: Mapping[str, Any], inputs: ReportInputs) -> Figure | Omitted:
-    cfg = params.get("boundary") or None
-    if cfg is None:
-        return Omitted("boundary", "Boundary curve not produced: the study has no `boundary` "
-                       "sweep.")
-    sweep, adapter = str(cfg["sweep"]), str(cfg.get("adapter") or "")
-    measure = str(cfg.get("measure") or "nDCG@10")
-    selection = str(cfg.get("selection_split") or "validation")
-    ev = inputs.evaluations
-    ev = ev[(ev["sweep"] == sweep) & (ev["adapter"] == adapter) & (ev["measure"] == measure)]
-    if ev.empty:
-        what = "has no" if not inputs.has_sweep(sweep) else "has no rows of the"
-        return Omitted("boundary", f"Boundary curve not produced: the study {what} `{sweep}` "
-                       f"sweep (adapter `{adapter}`, measure `{measure}`).")
-    models = [m for m in display_models(params, inputs) if m in set(ev["model"])]
-    plt = plotting.plt()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plotting.axes(plt, len(models), width=4.2, height=3.1)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    order = [selection, params.get("main_split") or ""] + list(params.get("companion_splits") or [])
-    choices: list[str] = []
-    from_analysis: list[str] = []
-    for ax, model in zip(axes, models):
-        mrows = ev[ev["model"] == model]
-        step = int(mrows["step"].max())
-        mrows = mrows[mrows["step"] == step]
-        zeroed = inputs.sweep_ablations(sweep, model)
-        n_layers = inputs.num_layers(model)
-        bs: dict[str, int] = {}
-        for name in set(mrows["ablation"]):
-            b = parse_boundary_name(name)
-            if b is not None:
-                bs[name] = b
-            elif zeroed and zeroed.get(name) and name != FULL:
-                bs[name] = min(layer for layer, _ in zeroed[name]) - 1
-        last = (n_layers - 1) if n_layers else (max(bs.values(), default=-1) + 1)
-        bs[FULL] = last
-        splits = sorted(set(mrows["split"]), key=lambda s: (order.index(s) if s in order
-                                                            else len(order), s))
-        curves: dict[str, dict[int, float]] = {}
-        for split in splits:
-            srows = mrows[mrows["split"] == split]
-            pts = {bs[r["ablation"]]: float(r["value"]) for _, r in srows.iterrows()
-                   if r["ablation"] in bs and not pd.isna(r["value"])}
-            curves[split] = dict(sorted(pts.items()))
-        chosen = _analysis_boundary(inputs, model, adapter, step)
-        label = inputs.model_label(model)
-        if chosen is not None:
-            from_analysis.append(label)
-        else:
-            chosen = choose_boundary(curves.get(selection, {}), measure, last + 1)
-        for k, (split, pts) in enumerate(curves.items()):
-            style = "-" if split == selection else "--"
-            ax.plot(list(pts), list(pts.values()), marker="o", ms=3, ls=style,
-                    color=colors[k % len(colors)], label=split_label(split)
-                    + (" (selection)" if split == selection else ""))
-            if chosen is not None and chosen in pts:
-                ax.plot(chosen, pts[chosen], marker="*", ms=11, color=colors[k % len(colors)],
-                        mec="black", mew=0.6, ls="none")
-        if chosen is not None:
-            ax.axvline(chosen, color="black", ls=":", lw=1)
-            right = chosen >= 0.75 * max(last, 1)
-            ax.annotate(f"b = {chosen}", (chosen, 0), xycoords=("data", "axes fraction"),
-                        xytext=(-4 if right else 4, 4), textcoords="offset points", fontsize=7,
-                        ha="right" if right else "left")
-            parts = [f"{split_label(s)} {pts[chosen]:.4f} vs full {pts[last]:.4f}"
-                     for s, pts in curves.items() if chosen in pts and last in pts]
-            choices.append(f"{label}: b = {chosen} of {last + 1} layers ({'; '.join(parts)})")
-        else:
-            choices.append(f"{label}: no boundary chosen (no `{selection}` rows)")
-        ax.set_title(plotting.model_title(label, inputs.mechanics_only(model)))
-        ax.set_xlabel("boundary b (LoRA kept in layers 0..b)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(measure)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Boundary layer search (adapter {adapter}; star: the chosen b)", fontsize=10)
-    fig.tight_layout()
-    rule = (f"b chosen on `{selection}`: the best {measure}, ties to the smallest b "
-            "(`lorascope.boundary.select_boundary`)")
-    if from_analysis:
-        rule += ("; for " + ", ".join(from_analysis) + " the b of the boundary analysis "
-                 "(`boundary.parquet`), which pruned and tested that adapter")
-    sources = [f"`{inputs.source_path('evaluations')}`: sweep `{sweep}`, adapter `{adapter}`, "
-               f"measure `{measure}`, splits "
-               + ", ".join(f"`{s}`" for s in sorted(set(ev["split"])))]
-    if from_analysis:
-        sources.append(f"`{inputs.source_path('boundary')}`: the chosen b")
-    return plotting.finish(
-        fig,
-        "boundary",
-        "Figure: Boundary layer curve",
-        f"{measure} when LoRA updates of `{adapter}` are kept only in layers 0..b (b = last "
-        f"layer: the full adapter); {rule}. Chosen: " + "; ".join(choices) + ".",
-        sources,
-    )
 
 
 # ------------------------------------------------------------------------ training loss

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from lorascope.report.data import FULL, ReportInputs, reference_applies
+from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM
+from lorascope.report.data import ReportInputs, reference_applies
 from lorascope.report.model import (
     MECHANICS_NOTE,
     SIGNIFICANCE_NOTE,
@@ -28,10 +29,9 @@ from lorascope.report.model import (
 )
 from lorascope.report.runs import measure_pairs
 
-CHECKPOINTS = "checkpoints"
-BM25_KEY = "first_stage"
+BM25_KEY = FIRST_STAGE
 BM25_LABEL = "BM25 (first stage)"
-RANDOM_KEY = "random"
+RANDOM_KEY = RANDOM
 
 
 def baseline_rows(

