@@ -148,14 +148,15 @@ def build_adapter(
     return out_dir
 
 
-def load_adapted(base_dir: Path, adapter_dir: Path):
+def load_adapted(base_dir: Path, adapter_dir: Path, dtype: str = "float32"):
     """Base + adapter through the evaluate stage's loader: ``(model, tokenizer, arch)``."""
     from lorascope.models.adapted import load_adapted as load
 
-    return load(base_dir, adapter_dir)
+    return load(base_dir, adapter_dir, dtype=dtype)
 
 
-def reference_model(base_dir: Path, adapter_dir: Path, zeroed: Collection[tuple[int, str]]):
+def reference_model(base_dir: Path, adapter_dir: Path, zeroed: Collection[tuple[int, str]],
+                    dtype: str = "float32"):
     """A fresh load whose ``zeroed`` LoRA updates are removed from the weights themselves:
     ``lora_B = 0`` (and, for DoRA, the magnitude reset to the base weight's column norms, the
     state DoRA starts from - with ``lora_B = 0`` alone DoRA still rescales ``W``)."""
@@ -163,7 +164,7 @@ def reference_model(base_dir: Path, adapter_dir: Path, zeroed: Collection[tuple[
 
     from lorascope.core.switching import lora_modules
 
-    model, _, arch = load_adapted(base_dir, adapter_dir)
+    model, _, arch = load_adapted(base_dir, adapter_dir, dtype)
     table = lora_modules(model, arch)
     with torch.no_grad():
         for key in zeroed:

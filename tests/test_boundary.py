@@ -12,8 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from helpers import as_tensor, build_adapter, build_base, prepare, write_toy_split
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from lorascope.core import adapters
 from lorascope.extraction import extract_adapter
 from lorascope.core import fileio
@@ -21,6 +19,8 @@ from lorascope.analyses.boundary.selection import BoundaryError, select_boundary
 from lorascope.analyses.boundary.export import export_pruned
 from lorascope.analyses.boundary.prune import prune_boundary as prune
 from lorascope.core.contracts import METRICS, SCORES, read_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = 4
 MEASURES = ["nDCG@10", "RR(rel=2)"]

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from helpers import as_tensor, assert_same_state, build_adapter, load_adapted, model_state, prepare
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from lorascope.core import fileio, roles
 from lorascope.core.lora_factors import FactorError, energy_kept
 from lorascope.core.lora_factors import adapter_rank, lora_svd, read_adapter, truncate_factors
 from lorascope.analyses.compression.stage import export_compressed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------- maths (numpy)
 

@@ -70,7 +70,26 @@ def test_train_groups_follow_the_recipe(tmp_path):
     expected = {(c["qid"], c["docid"]) for c in cands
                 if grades.get((c["qid"], c["docid"]), 0) >= 2 and c["qid"] not in held_out}
     assert {(g["qid"], g["pos_docid"]) for g in groups} == expected
-    assert read_provenance(out)["held_out_queries"] == sorted(held_out)
+    assert read_provenance(out)["held_out_queries"] == {"dl21": sorted(held_out)}
+
+
+def test_train_groups_of_several_collections(tmp_path):
+    """Training on DL21 and DL20 together: each collection's groups, in config order, with the
+    queries of a validation split drawn from one of them held out of that one only."""
+    both = {**TRAIN, "dataset": ["dl21", "dl20"], "group_size": 4}
+    prepare_train({"train": both, "seed": 13, "holdout_queries": {"dl20": [10]}},
+                  tmp_path / "both.parquet")
+    prepare_train({"train": {**both, "dataset": "dl21"}, "seed": 13, "holdout_queries": []},
+                  tmp_path / "dl21.parquet")
+    prepare_train({"train": {**both, "dataset": "dl20"}, "seed": 13, "holdout_queries": [10]},
+                  tmp_path / "dl20.parquet")
+    tables = {n: read_table(tmp_path / f"{n}.parquet", TRAIN_GROUPS).to_pylist()
+              for n in ("both", "dl21", "dl20")}
+    assert tables["both"] == tables["dl21"] + tables["dl20"]
+    held = set(select_queries(embedded.query_ids("dl20"), 10, 13))
+    assert not held & {g["qid"] for g in tables["both"]}
+    assert read_provenance(tmp_path / "both.parquet")["held_out_queries"] == {
+        "dl21": [], "dl20": sorted(held)}
 
 
 def test_train_groups_max_queries_is_a_deterministic_subset(tmp_path):

@@ -12,12 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from helpers import build_adapter, build_base, load_adapted, toy_pairs, write_toy_split
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from lorascope.core import metrics
 from lorascope.core.ablation import resolve_sweep
 from lorascope.core.contracts import METRICS, SCORES, read_provenance, read_table
 from lorascope.core.roles import roles_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MEASURES = ["nDCG@10", "RR(rel=2)", "AP(rel=2)"]
 SWEEP = {"ablations": {"no_lora": {"drop": "all"},
@@ -334,3 +334,41 @@ def test_reproduction_check_catches_a_leaked_switch(hundred) -> None:
         layer.enable_adapters(True)
         for param in layer.parameters():
             param.requires_grad_(False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpoint_curve_equals_one_job_per_checkpoint(setup, tmp_path, precision) -> None:
+    """evaluate_checkpoints (one load, checkpoints swapped in) writes, per step, bitwise the
+    scores and the metrics that a separate evaluate job of the full adapter writes."""
+    from lorascope.curves import evaluate_checkpoints, step_dir
+    from lorascope.evaluate import score_sweep
+
+    base = setup["base"]
+    checkpoints = {5: build_adapter(base, tmp_path / "step-5", seed=5),
+                   10: build_adapter(base, tmp_path / "step-10", seed=10)}
+    scoring = {"batch_tokens": 256, "max_length": 64, "precision": precision}
+    params = {"model": "tiny", "adapter": "r4-all", "split": "toy", "steps": [5, 10],
+              "metrics": MEASURES, "scoring": scoring}
+    out = tmp_path / "curve"
+    summary = evaluate_checkpoints(params, base, checkpoints, setup["split"], out,
+                                   progress=False)
+    assert summary["steps"] == [5, 10] and summary["precision"]["resolved"] == precision
+    for step, adapter in checkpoints.items():
+        alone = tmp_path / f"alone-{step}"
+        alone.mkdir()
+        single = {"ablations": [{"name": "full", "zeroed": []}], "metrics": MEASURES,
+                  "scoring": scoring, "model": "tiny", "adapter": "r4-all", "step": step,
+                  "sweep": "checkpoints", "split": "toy"}
+        expected = score_sweep(single, base, adapter, setup["split"], alone / "scores.parquet",
+                               alone / "metrics.parquet", alone / "summary.json", progress=False)
+        got = json.loads((step_dir(out, step) / "summary.json").read_text())
+        assert got["ablations"]["full"]["metrics"] == expected["ablations"]["full"]["metrics"]
+        assert (got["step"], got["sweep"], got["scoring"]["precision"]) == (
+            step, "checkpoints", precision)
+        for table, contract in (("scores.parquet", SCORES), ("metrics.parquet", METRICS)):
+            a = read_table(step_dir(out, step) / table, contract).to_pylist()
+            b = read_table(alone / table, contract).to_pylist()
+            assert a == b, (step, table)
+    with pytest.raises(ValueError, match=r"no checkpoint directory for steps \[20\]"):
+        evaluate_checkpoints({**params, "steps": [5, 20]}, base, checkpoints, setup["split"],
+                             tmp_path / "bad", progress=False)

@@ -19,12 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from helpers import build_adapter, build_base, load_adapted, prepare, toy_pairs, write_toy_split
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from lorascope.core import metrics, roles
 from lorascope.analyses.lens import LENS, LENS_QUERIES
 from lorascope.core.contracts import QRELS, read_provenance, read_table
 from lorascope.data.splits import split_paths
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARCHITECTURES = ["llama", "mistral", "gpt_neox", "bert"]
 ATOL = 1e-5
@@ -185,19 +185,22 @@ def test_padding_does_not_leak(adapted) -> None:
     np.testing.assert_allclose(batched.values, alone.values, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize(("model_type", "variant"), [("llama", "dora"), ("bert", "lora")])
-def test_swap_equals_fresh_load(bases, tmp_path, model_type, variant) -> None:
+@pytest.mark.parametrize(("model_type", "variant", "dtype"), [
+    ("llama", "dora", "float32"), ("bert", "lora", "float32"),
+    ("llama", "lora", "bfloat16"), ("bert", "dora", "bfloat16"),
+])
+def test_swap_equals_fresh_load(bases, tmp_path, model_type, variant, dtype) -> None:
     """Swapping a checkpoint into the loaded model == loading it fresh, bitwise (DoRA
-    magnitudes and BERT's pooler + classifier head included)."""
+    magnitudes and BERT's pooler + classifier head included), in fp32 and in bf16."""
     from lorascope.models.adapted import swap_checkpoint
 
     first = build_adapter(bases[model_type], tmp_path / "1", use_dora=variant == "dora", seed=1)
     second = build_adapter(bases[model_type], tmp_path / "2", use_dora=variant == "dora", seed=2)
-    model, tokenizer, arch = load_adapted(bases[model_type], first)
+    model, tokenizer, arch = load_adapted(bases[model_type], first, dtype)
     prepared = prepare(tokenizer, arch)
     before = own_scores(prepared, model)
     swap_checkpoint(model, second, "cpu")
-    fresh, _, _ = load_adapted(bases[model_type], second)
+    fresh, _, _ = load_adapted(bases[model_type], second, dtype)
     swapped = own_scores(prepared, model)
     assert (swapped == own_scores(prepared, fresh)).all()
     assert abs(swapped - before).max() > 1e-3

@@ -10,9 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from helpers import as_tensor, build_adapter, build_base, load_adapted, passages, toy_pairs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from lorascope.core.scoring import PreparedPairs, fixed_batches, plan_batches, score_candidates
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt_neox", "bert"])

@@ -19,21 +19,25 @@ from lorascope.core import roles
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+#: (architecture, LoRA variant, weights dtype): fp32 for every variant, bf16 (the precision
+#: `auto` picks on a CPU with native bf16) for the families and DoRA.
 VARIANTS = [
-    ("llama", "lora"), ("gpt_neox", "lora"), ("bert", "lora"),
-    ("llama", "dora"), ("llama", "rslora"), ("gpt_neox", "dora"), ("bert", "dora"),
+    ("llama", "lora", "float32"), ("gpt_neox", "lora", "float32"), ("bert", "lora", "float32"),
+    ("llama", "dora", "float32"), ("llama", "rslora", "float32"), ("gpt_neox", "dora", "float32"),
+    ("bert", "dora", "float32"),
+    ("llama", "lora", "bfloat16"), ("bert", "lora", "bfloat16"), ("llama", "dora", "bfloat16"),
 ]
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "-".join(v))
 def adapted(request, bases, tmp_path_factory):
-    model_type, variant = request.param
+    model_type, variant, dtype = request.param
     out = tmp_path_factory.mktemp(f"adapter-{model_type}-{variant}")
     adapter = build_adapter(bases[model_type], out, use_dora=variant == "dora",
                             use_rslora=variant == "rslora")
-    model, tokenizer, arch = load_adapted(bases[model_type], adapter)
+    model, tokenizer, arch = load_adapted(bases[model_type], adapter, dtype)
     return {"base": bases[model_type], "adapter": adapter, "model": model,
-            "tokenizer": tokenizer, "arch": arch, "variant": variant}
+            "tokenizer": tokenizer, "arch": arch, "variant": variant, "dtype": dtype}
 
 
 def _ablations(arch: roles.ArchitectureRoles, depth: int) -> dict[str, frozenset]:
@@ -74,7 +78,8 @@ def test_zeroed_equals_lora_b_zeroed_reload(adapted) -> None:
         with zeroed(model, arch, modules):
             assert disabled_modules(model, arch) == modules
             ablated = as_tensor(prepared.score(model, progress=False))
-        reference = reference_model(adapted["base"], adapted["adapter"], modules)
+        reference = reference_model(adapted["base"], adapted["adapter"], modules,
+                                    adapted["dtype"])
         expected = as_tensor(prepared.score(reference, progress=False))
         assert torch.equal(ablated, expected), (name, (ablated - expected).abs().max())
         assert (ablated - full).abs().max() > 1e-3, f"{name} did not change the scores"

@@ -236,3 +236,32 @@ def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="decay_steps"):
         settings(schedule="linear", decay_steps=3)
     assert settings(steps=[1, 2], targets=["q"]).to_dict()["steps"] == [1, 2]
+
+
+def test_bf16_keeps_fp32_master_weights_and_resumes_bitwise(llama_base, groups_path,
+                                                            tmp_path) -> None:
+    """precision bf16: the frozen base in bf16, what is trained (LoRA, head) in fp32, saved in
+    fp32; the loss still falls, and a resumed run ends bitwise where an uninterrupted one
+    does."""
+    import torch
+
+    from lorascope.training.loop import _build_model
+    from lorascope.training.settings import resolve_runtime
+
+    run = settings(precision="bf16", steps=(2, 4))
+    runtime = resolve_runtime(run)
+    assert runtime.bf16 and runtime.attention == "eager"
+    model, _, _ = _build_model(llama_base, run, runtime)
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}
+
+    whole = train(llama_base, groups_path, run, tmp_path / "whole", progress=False)
+    assert whole["last_loss"] < whole["first_loss"]
+    saved = adapter_tensors(tmp_path / "whole" / "step-4")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    checkpoint = json.loads((tmp_path / "whole" / "step-4" / "checkpoint.json").read_text())
+    assert checkpoint["precision"]["resolved"] == "bf16"
+    train(llama_base, groups_path, run, tmp_path / "cut", progress=False, stop_after=2)
+    train(llama_base, groups_path, run, tmp_path / "cut", progress=False)
+    assert_bitwise_equal(saved, adapter_tensors(tmp_path / "cut" / "step-4"))

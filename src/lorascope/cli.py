@@ -105,6 +105,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary)
 
 
+def _evaluate_checkpoints(args: argparse.Namespace) -> None:
+    from lorascope.curves import evaluate_checkpoints
+
+    evaluate_checkpoints(args.params, args.base, checkpoint_dirs(args.adapter), args.split_dir,
+                         args.out)
+
+
+def _zero_shot(args: argparse.Namespace) -> None:
+    from lorascope.zero_shot import evaluate_zero_shot
+
+    evaluate_zero_shot(args.params, args.base, args.split_dir, args.metrics, args.summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorascope.analyses.registry import ANALYSES, load
 
@@ -178,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--summary", required=True)
+
+    p = add("evaluate-checkpoints", _evaluate_checkpoints,
+            "Score the full adapter of every checkpoint of a run on a split (one model load).")
+    p.add_argument("--params", type=params_arg, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
+                   help="an extracted checkpoint (repeat for every step)")
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--out", required=True, help="output folder (one step-<N>/ per checkpoint)")
+
+    p = add("evaluate-zero-shot", _zero_shot,
+            "Rank a split with the base model alone (e.g. a bi-encoder's cosine): the zero-shot row.")
+    p.add_argument("--params", type=params_arg, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--split-dir", required=True)
+    p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
+    p.add_argument("--summary", required=True, help="summary JSON")
 
     for analysis in ANALYSES:  # each analysis adds its stages' subcommands
         load(analysis.module("cli"), "add_commands")(add)

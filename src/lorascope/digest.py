@@ -6,7 +6,9 @@ A file's sha256 is the wrong test for that: every Parquet artifact carries its p
 :func:`content_digests` hashes what a run computed instead:
 
 * every Parquet table under the results folder: its data (the Arrow schema without metadata,
-  and every column's values), independent of row-group layout and of the provenance;
+  and every column's values), independent of row-group layout and of the provenance, without
+  the columns that hold wall-clock measurements (:data:`TIMING_COLUMNS`: the boundary
+  comparison's pairs/s and speed-up);
 * every adapter (extracted, pruned, SVD-compressed; any folder with
   ``adapter_model.safetensors``): the bytes of its weights and of its ``adapter_config.json``.
 
@@ -29,14 +31,20 @@ from lorascope.core.adapters import ADAPTER_FILES
 
 #: Folders under results/<study>/ that hold no results (logs, timings, resumable state).
 SKIPPED = ("logs", "benchmarks", "work")
+#: Table columns that measure time, not results: they differ between any two runs.
+TIMING_COLUMNS = frozenset({"pairs_per_second_full", "pairs_per_second_pruned", "speedup",
+                            "seconds", "pairs_per_s", "elapsed_s"})
 
 
 def table_digest(path: str | Path) -> str:
-    """sha256 of a Parquet table's data: its schema without metadata and its values."""
+    """sha256 of a Parquet table's data: its schema without metadata and its values (timing
+    columns left out)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path).replace_schema_metadata(None).combine_chunks()
+    table = pq.read_table(path).replace_schema_metadata(None)
+    table = table.drop_columns([c for c in table.column_names if c in TIMING_COLUMNS])
+    table = table.combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

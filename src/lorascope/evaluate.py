@@ -49,6 +49,7 @@ from lorascope.core.adapters import verified_manifest
 from lorascope.core.ablation import Ablation
 from lorascope.core.contracts import SCORES, ParquetSink
 from lorascope.core.names import FULL
+from lorascope.core.precision import describe
 from lorascope.core.results import EvalSettings, score_rows, sweep_summary, write_metrics
 from lorascope.data.splits import read_split
 
@@ -139,17 +140,18 @@ def score_sweep(
     settings = EvalSettings.from_params(params)
 
     device = default_device()
+    precision = settings.scoring.resolve(device)
     started = time.perf_counter()
-    model, tokenizer, arch = load_adapted(base_dir, adapter_dir, dtype=settings.dtype,
+    model, tokenizer, arch = load_adapted(base_dir, adapter_dir, dtype=precision.dtype,
                                           device=device)
     available = switching.lora_modules(model, arch)
     for ablation in settings.ablations:
         switching.check_present(available.keys(), ablation.zeroed,
                                 f"adapter {adapter_dir} (ablation {ablation.name!r})")
     manifest = verified_manifest(adapter_dir, base_dir)
-    log.info("loaded %s + %s on %s in %.1fs: %d LoRA modules, %d ablations", base_dir,
-             adapter_dir, device, time.perf_counter() - started, len(available),
-             len(settings.ablations))
+    log.info("loaded %s + %s on %s in %s in %.1fs: %d LoRA modules, %d ablations", base_dir,
+             adapter_dir, device, precision.resolved, time.perf_counter() - started,
+             len(available), len(settings.ablations))
 
     queries, candidates, qrels = read_split(split_dir)
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
@@ -157,7 +159,8 @@ def score_sweep(
                                    batch_tokens=settings.batch_tokens, progress=progress)
     record = provenance.record(STAGE, params, base_dir=str(base_dir),
                                adapter_dir=str(adapter_dir), split_dir=str(split_dir),
-                               device=device, adapter_manifest=manifest)
+                               device=device, adapter_manifest=manifest,
+                               precision=describe(precision))
 
     runs: dict[str, dict[tuple[str, str], float]] = {}
     timing: dict[str, dict[str, Any]] = {}
@@ -183,7 +186,7 @@ def score_sweep(
 
     per_query = write_metrics(out_metrics, runs, qrels, settings.measures, record)
 
-    summary = sweep_summary(params, settings, per_query, timing, prepared, record)
+    summary = sweep_summary(params, settings, per_query, timing, prepared, record, precision)
     summary["seconds_total"] = round(time.perf_counter() - started, 2)
     fileio.write_json(out_summary, summary)
     return summary

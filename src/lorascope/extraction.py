@@ -59,9 +59,16 @@ def _loss_at(train_dir: Path, step: int) -> float | None:
 
 
 def _probe(checkpoint: Path) -> dict[str, Any] | None:
-    """Scores of a fixed training group recorded when the checkpoint was saved."""
+    """Scores of a fixed training group recorded when the checkpoint was saved, and the
+    precision that computed them (reproduce them at that precision)."""
     path = checkpoint / "checkpoint.json"
-    return json.loads(path.read_text()).get("probe") if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    probe = saved.get("probe")
+    if probe is not None and saved.get("precision"):
+        probe = {**probe, "precision": saved["precision"].get("resolved")}
+    return probe
 
 
 def _trained_variant(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from lorascope.core.contracts import (
     write_rows,
     write_table,
 )
-from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM, STUDY_FILE
+from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM, STUDY_FILE, ZERO_SHOT
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,31 @@ def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, A
         }
         for ablation, values in baselines
         for measure, value in values.items()
+    ]
+
+
+def zero_shot_rows(model: str, split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a base model's zero-shot ranking (sweep and ablation ``zero_shot``)."""
+    return [
+        {
+            "model": model,
+            "adapter": "",
+            "rank": 0,
+            "targets": "",
+            "variant": "",
+            "step": 0,
+            "sweep": ZERO_SHOT,
+            "split": split,
+            "ablation": ZERO_SHOT,
+            "measure": measure,
+            "value": value,
+            "delta": None,
+            "p_value": None,
+            "p_adjusted": None,
+            "significant": False,
+            "queries": summary["queries"],
+        }
+        for measure, value in summary["metrics"].items()
     ]
 
 
@@ -197,15 +222,23 @@ def summarize(
     ``inputs``: ``evaluations`` (list of {job fields..., "summary": path}), ``first_stage``
     ({split: summary path}), ``training`` (list of {model, adapter, "log": path}),
     ``benchmarks`` (root folder of the benchmark files), ``models`` ({name: base dir}),
+    ``zero_shot`` (list of {model, split, "summary": path}),
     ``analyses`` ({analysis: [entry, ...]}, see :func:`analysis_tables`).
     """
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
     for split, path in inputs["first_stage"].items():
         rows += first_stage_rows(split, json.loads(Path(path).read_text()))
+    scoring_precision: dict[str, int] = {}
     for job in inputs["evaluations"]:
         fields = {k: job[k] for k in JOB_FIELDS}
-        rows += evaluation_rows(fields, json.loads(Path(job["summary"]).read_text()))
+        summary = json.loads(Path(job["summary"]).read_text())
+        rows += evaluation_rows(fields, summary)
+        said = _precision_text((summary.get("provenance") or {}).get("precision"))
+        scoring_precision[said] = scoring_precision.get(said, 0) + 1
+    for job in inputs.get("zero_shot") or []:
+        rows += zero_shot_rows(job["model"], job["split"],
+                               json.loads(Path(job["summary"]).read_text()))
     extra = analysis_tables(inputs)
     rows += extra.pop("evaluations", [])
     record = provenance.record(STAGE, params)
@@ -227,10 +260,32 @@ def summarize(
         "models": _models(params["study"]["models"], inputs["models"]),
         "provenance": record,
         "wall_times": wall_times(inputs["benchmarks"]),
+        "precision": {"training": _training_precision(inputs["training"]),
+                      "scoring": scoring_precision},
         "inputs": {name: str(out / f"{name}.parquet") for name in tables},
     }
     fileio.write_json(out / STUDY_FILE, study)
     log.info("summary: %d evaluation rows, %d runs", len(rows), len(conv))
+
+
+def _precision_text(block: Mapping[str, Any] | None) -> str:
+    """``bf16 (auto: CPU has native bf16 (avx512_bf16))`` from a provenance precision block."""
+    if not block:
+        return "fp32 (not recorded)"
+    return f"{block.get('resolved')} ({block.get('reason')})"
+
+
+def _training_precision(runs: list[Mapping[str, Any]]) -> dict[str, str]:
+    """``{model/adapter: precision}`` of every training run, from its training.json."""
+    out = {}
+    for run in runs:
+        found = Path(run["log"]).parent / "training.json"
+        block = None
+        if found.is_file():
+            block = (json.loads(found.read_text()).get("runtime") or {}).get("precision")
+        out[f"{run['model']}/{run['adapter']}"] = _precision_text(
+            block if isinstance(block, Mapping) else None)
+    return out
 
 
 def _models(models: Mapping[str, Any], base_dirs: Mapping[str, str]) -> dict[str, Any]:

@@ -131,16 +131,46 @@ def first_stage_targets():
     return [path("first_stage/{split}/summary.json", split=s) for s in STUDY.splits]
 
 
+def zero_shot_summary(model, split):
+    return path("zero_shot/{model}/{split}/summary.json", model=model, split=split)
+
+
 @cache
-def eval_jobs():
-    """Every evaluation job of the study, planned once per process (summarize's inputs and
-    params both walk them; on a 10,000-job study that is ~7,000 jobs each time)."""
-    return tuple(plan.evaluation_jobs(STUDY))
+def sweep_jobs():
+    """Every evaluate job (a sweep on one checkpoint and split), planned once per process
+    (summarize's inputs and params both walk them; on a 10,000-job study that is ~7,000
+    jobs each time)."""
+    return tuple(plan.sweep_jobs(STUDY))
+
+
+@cache
+def curve_jobs():
+    """Every evaluate_checkpoints job (the checkpoint curve of a run on a split)."""
+    return tuple(plan.curve_jobs(STUDY))
 
 
 def eval_summary(job):
     pattern = "eval/{model}/{adapter}/step-{step}/{sweep}/{split}/summary.json"
     return path(pattern, **vars(job))
+
+
+def curve_dir(job):
+    pattern = "eval/{model}/{adapter}/checkpoints/{split}"
+    return path(pattern, model=job.model, adapter=job.adapter, split=job.split)
+
+
+def curve_checkpoints(wildcards):
+    """The extracted checkpoints a curve job scores (every step, or the last one only)."""
+    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.split)
+    return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
+
+
+def curve_args(wildcards):
+    """`--adapter STEP=DIR` for every checkpoint of a curve job."""
+    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.split)
+    return " ".join(
+        f"--adapter {step}={d}" for step, d in zip(steps, curve_checkpoints(wildcards))
+    )
 
 
 def run_fields(model, adapter, step, sweep, split):
@@ -159,7 +189,9 @@ def run_fields(model, adapter, step, sweep, split):
 
 
 def train_data_code(wildcards):
-    data = embedded_tables(STUDY.train.source, STUDY.train.dataset)
+    data = [
+        g for d in STUDY.train.datasets for g in embedded_tables(STUDY.train.source, d)
+    ]
     return code_version("lorascope.data.prepare:prepare_train", data=data)
 
 
@@ -246,7 +278,9 @@ def summary_targets():
 def summarize_inputs(wildcards):
     """Every file summarize reads, found from the plan (never by globbing)."""
     inputs = {
-        "evals": [eval_summary(job) for job in eval_jobs()],
+        "evals": [eval_summary(job) for job in sweep_jobs()],
+        "curves": [curve_dir(job) for job in curve_jobs()],
+        "zero_shot": [zero_shot_summary(m, s) for m, s in plan.zero_shot_jobs(STUDY)],
         "first_stage": first_stage_targets(),
         "train": [
             path("train/{model}/{adapter}", model=m.name, adapter=a.name)
@@ -266,10 +300,27 @@ def summarize_inputs(wildcards):
 
 
 def summarize_jobs(wildcards):
-    """The run fields of the evaluation jobs (aligned with input.evals), and each analysis's
-    entries (run fields and output paths)."""
+    """Every evaluation (its run fields and summary.json: the sweeps', and each step of the
+    checkpoint curves') and each analysis's entries (run fields and output paths)."""
+    curves = [
+        {
+            **run_fields(**vars(evaluation)),
+            "summary": f"{curve_dir(job)}/step-{evaluation.step}/summary.json",
+        }
+        for job in curve_jobs()
+        for evaluation in job.evaluations()
+    ]
+    sweeps = [
+        {**run_fields(**vars(job)), "summary": eval_summary(job)}
+        for job in sweep_jobs()
+    ]
+    zero_shot = [
+        {"model": m, "split": s, "summary": zero_shot_summary(m, s)}
+        for m, s in plan.zero_shot_jobs(STUDY)
+    ]
     return {
-        "evals": [run_fields(**vars(job)) for job in eval_jobs()],
+        "evals": curves + sweeps,
+        "zero_shot": zero_shot,
         "analyses": analysis_entries(),
     }
 

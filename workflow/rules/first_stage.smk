@@ -1,4 +1,5 @@
-# The first-stage ranking of each split, evaluated as the baseline row of every table.
+# The first-stage ranking of each split (and its random floor), evaluated as the baseline rows
+# of every table.
 
 
 rule evaluate_first_stage:

@@ -9,10 +9,8 @@ from lorascope.summarize import summarize
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821
 jobs = snakemake.params.jobs  # noqa: F821
 inputs = {
-    "evaluations": [
-        {**job, "summary": path}
-        for job, path in zip(jobs["evals"], snakemake.input.evals)  # noqa: F821
-    ],
+    "evaluations": jobs["evals"],
+    "zero_shot": jobs["zero_shot"],
     "analyses": jobs["analyses"],
     "first_stage": {
         Path(path).parent.name: path for path in snakemake.input.first_stage  # noqa: F821

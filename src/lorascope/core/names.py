@@ -18,9 +18,11 @@ FULL = "full"
 #: The built-in sweep of the checkpoint curves: the full adapter only, every checkpoint.
 CHECKPOINTS = "checkpoints"
 
-#: Summary rows of the first-stage ranking and of its random reordering (the floor).
+#: Summary rows of the first-stage ranking and of its random reordering (the floor), and of a
+#: base model's own zero-shot ranking (sweep and ablation ``zero_shot``, per model).
 FIRST_STAGE = "first_stage"
 RANDOM = "random"
+ZERO_SHOT = "zero_shot"
 
 #: Sweep generators (``generate:`` in a sweep; :mod:`lorascope.core.ablation`).
 EACH_LAYER = "each_layer"

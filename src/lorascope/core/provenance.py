@@ -61,8 +61,13 @@ def git_commit(path: str | os.PathLike[str] = ".") -> str | None:
 
 
 def hardware() -> dict[str, Any]:
-    """CPU count and, when torch is already imported, the accelerator in use."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    """The CPU (model, count, native bf16 flags) and, when torch is already imported, the
+    accelerator in use."""
+    from lorascope.core.precision import cpu_info
+
+    cpu = cpu_info()
+    info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(),
+                            "cpu": cpu["model"], "cpu_bf16": cpu["bf16_flags"]}
     torch = __import__("sys").modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -20,13 +20,14 @@ from lorascope.core import metrics, stats
 from lorascope.core.ablation import Ablation
 from lorascope.core.contracts import METRICS, write_table
 from lorascope.core.names import FULL
-from lorascope.models.reranker import DTYPES, MAX_LENGTH
+from lorascope.core.precision import PRECISIONS, Choice, resolve
+from lorascope.models.reranker import MAX_LENGTH
 
 log = logging.getLogger(__name__)
 
 #: The identifying fields of a sweep job, copied into its summary.
 RUN_FIELDS = ("model", "adapter", "step", "sweep", "split")
-SCORING_KEYS = ("batch_tokens", "max_length", "dtype")
+SCORING_KEYS = ("batch_tokens", "max_length", "precision")
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,17 @@ class ScoringSettings:
     Attributes:
         batch_tokens: token budget per scoring batch (padded tokens).
         max_length: token cut-off of a pair (the training one).
-        dtype: weights dtype (``float32``, ``bfloat16``, ``float16``).
+        precision: ``fp32``, ``bf16`` or ``auto``, resolved on the machine that scores
+            (:mod:`lorascope.core.precision`).
     """
 
     batch_tokens: int = 16384
     max_length: int = MAX_LENGTH
-    dtype: str = "float32"
+    precision: str = "fp32"
+
+    def resolve(self, device: str) -> Choice:
+        """The precision the scoring runs in on ``device``."""
+        return resolve(self.precision, device)
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any] | None, stage: str) -> ScoringSettings:
@@ -54,14 +60,14 @@ class ScoringSettings:
         settings = cls(
             batch_tokens=int(raw.get("batch_tokens", cls.batch_tokens)),
             max_length=int(raw.get("max_length", cls.max_length)),
-            dtype=raw.get("dtype", cls.dtype),
+            precision=raw.get("precision", cls.precision),
         )
         if settings.batch_tokens < 1 or settings.max_length < 1:
             raise ValueError(f"{stage} params: scoring.batch_tokens and scoring.max_length must "
                              "be positive")
-        if settings.dtype not in DTYPES:
-            raise ValueError(f"{stage} params: scoring.dtype must be one of {', '.join(DTYPES)}, "
-                             f"got {settings.dtype!r}")
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"{stage} params: scoring.precision must be one of "
+                             f"{', '.join(PRECISIONS)}, got {settings.precision!r}")
         return settings
 
 
@@ -77,10 +83,6 @@ class UsesScoring:
     @property
     def max_length(self) -> int:
         return self.scoring.max_length
-
-    @property
-    def dtype(self) -> str:
-        return self.scoring.dtype
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ def sweep_summary(
     timing: Mapping[str, Mapping[str, Any]],
     prepared: Any,
     record: Mapping[str, Any],
+    precision: Choice | None = None,
 ) -> dict[str, Any]:
     """The summary of a scored sweep: per ablation the aggregate metrics, the delta to
     ``full``, raw and corrected paired p-values with a ``significant`` flag, padding and
@@ -233,7 +236,8 @@ def sweep_summary(
         "significance": {"test": settings.test, "correction": settings.correction,
                          "alpha": settings.alpha, "family": "the sweep's ablations, per measure"},
         "scoring": {"batch_tokens": prepared.batch_tokens, "max_length": settings.max_length,
-                    "dtype": settings.dtype, "pairs": len(prepared),
+                    "precision": precision.resolved if precision else None,
+                    "pairs": len(prepared),
                     "real_tokens": prepared.real_tokens, "padded_tokens": prepared.padded_tokens,
                     "padding_ratio": round(prepared.padding_ratio, 4)},
         "ablations": entries,

@@ -1,7 +1,9 @@
-"""The ``prepare_data`` stage: one split of a study written to the Parquet contracts.
+"""The data stages: ``prepare_train`` (the training groups) and ``prepare_split`` (one
+reranking split), written to the Parquet contracts.
 
-The rule hands over only its config slice (see :func:`split_params` / :func:`train_params`),
-so changing one split's depth reruns that split alone.
+Each rule hands over only its config slice (:func:`lorascope.study.slices.train_data`,
+:func:`~lorascope.study.slices.split_data`), so changing one split's depth reruns that split
+alone.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def prepare_split(params: Mapping[str, Any], out_dir: str | Path) -> dict[str, i
         qids = select_queries(module.query_ids(split["dataset"]), split["queries"], seed)
     queries, candidates, qrels = module.rerank_split(split["dataset"], depth=split["depth"], qids=qids)
     counts = write_split(
-        Path(out_dir), queries, candidates, qrels, provenance.record("prepare_data", params)
+        Path(out_dir), queries, candidates, qrels, provenance.record("prepare_split", params)
     )
     if counts["queries"] == 0 or counts["candidates"] == 0:
         raise ValueError(f"split {split} has no queries or candidates: {counts}")
@@ -57,25 +59,38 @@ def prepare_split(params: Mapping[str, Any], out_dir: str | Path) -> dict[str, i
 
 
 def prepare_train(params: Mapping[str, Any], out_path: str | Path) -> int:
-    """Write the training groups, leaving out the queries held out for validation."""
+    """Write the training groups of every training collection (in config order), leaving out
+    the queries held out of each for validation."""
+    import itertools
+
     train, seed = params["train"], params["seed"]
-    exclude = held_out_qids(train["source"], train["dataset"], params["holdout_queries"], seed)
-    groups = source_module(train["source"]).train_groups(
-        train["dataset"],
-        group_size=train["group_size"],
-        min_relevance=train["min_relevance"],
-        negatives=train["negatives"],
-        negatives_depth=train["negatives_depth"],
-        max_queries=train["max_queries"],
-        exclude_qids=frozenset(exclude),
-        seed=seed,
-    )
+    datasets = train["dataset"] if isinstance(train["dataset"], list) else [train["dataset"]]
+    held = params["holdout_queries"]
+    if isinstance(held, list):  # one collection: the sizes alone
+        held = {datasets[0]: held}
+    module = source_module(train["source"])
+    excluded: dict[str, list[str]] = {}
+    parts = []
+    for dataset in datasets:
+        exclude = held_out_qids(train["source"], dataset, held.get(dataset, []), seed)
+        excluded[dataset] = sorted(exclude)
+        parts.append(module.train_groups(
+            dataset,
+            group_size=train["group_size"],
+            min_relevance=train["min_relevance"],
+            negatives=train["negatives"],
+            negatives_depth=train["negatives_depth"],
+            max_queries=train["max_queries"],
+            exclude_qids=frozenset(exclude),
+            seed=seed,
+        ))
     rows = write_train_groups(
         Path(out_path),
-        groups,
-        provenance.record("prepare_data", params, held_out_queries=sorted(exclude)),
+        itertools.chain(*parts),
+        provenance.record("prepare_train", params, held_out_queries=excluded),
     )
     if rows == 0:
-        raise ValueError(f"no training groups from {train['source']}:{train['dataset']}")
-    log.info("train groups: %d (held out %d queries)", rows, len(exclude))
+        raise ValueError(f"no training groups from {train['source']}:{', '.join(datasets)}")
+    log.info("train groups: %d from %s (held out %s)", rows, ", ".join(datasets),
+             {d: len(q) for d, q in excluded.items()})
     return rows

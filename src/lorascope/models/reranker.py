@@ -58,6 +58,7 @@ def load_reranker(
     dtype: str = "float32",
     device: str = "cpu",
     quantize_4bit: bool = False,
+    attention: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ArchitectureRoles]:
     """Load a prepared base directory as a one-output sequence classifier.
 
@@ -70,6 +71,8 @@ def load_reranker(
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the weights.
         device: a torch device string.
         quantize_4bit: load the base weights as 4-bit NF4 through bitsandbytes (CUDA only).
+        attention: transformers' ``attn_implementation`` (``eager``, ``sdpa``); None: its
+            default.
 
     Returns:
         ``(model, tokenizer, arch)`` with ``model.config.pad_token_id`` set to the tokenizer's
@@ -94,6 +97,8 @@ def load_reranker(
         "dtype": torch_dtype,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs(device, torch_dtype))
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, **kwargs)

@@ -23,6 +23,7 @@ from lorascope.core.names import (
     FULL,
     PAPER_SUMMARY_TABLES,
     STUDY_FILE,
+    ZERO_SHOT,
     parse_layer_role_name,
 )
 
@@ -132,6 +133,15 @@ class ReportInputs:
             & (ev["split"] == split)
             & (ev["measure"] == measure)
         ]
+        if rows.empty or pd.isna(rows["value"].iloc[0]):
+            return None
+        return float(rows["value"].iloc[0])
+
+    def zero_shot(self, model: str, split: str, measure: str) -> float | None:
+        """A base model's own zero-shot value (None: the model has no zero-shot ranking)."""
+        ev = self.evaluations
+        rows = ev[(ev["sweep"] == ZERO_SHOT) & (ev["model"] == model) & (ev["split"] == split)
+                  & (ev["measure"] == measure)]
         if rows.empty or pd.isna(rows["value"].iloc[0]):
             return None
         return float(rows["value"].iloc[0])

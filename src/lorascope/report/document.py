@@ -54,6 +54,15 @@ def _provenance(
     hardware = prov.get("hardware") or {}
     if hardware:
         out.append(("Hardware", [(k, _flat(v)) for k, v in sorted(hardware.items())]))
+    precision = study.get("precision") or {}
+    if precision:
+        rows = [(f"scoring ({n} evaluation jobs)", what)
+                for what, n in sorted((precision.get("scoring") or {}).items())]
+        training = precision.get("training") or {}
+        for what in sorted(set(training.values())):
+            runs = sorted(run for run, p in training.items() if p == what)
+            rows.append((f"training ({len(runs)} runs)", what))
+        out.append(("Precision", rows))
     wall = study.get("wall_times") or {}
     if wall:
         rows = [(rule, _duration(s)) for rule, s in sorted(wall.items())]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM
+from lorascope.core.names import CHECKPOINTS, FIRST_STAGE, FULL, RANDOM, ZERO_SHOT
 from lorascope.report.data import ReportInputs, reference_applies
 from lorascope.report.model import (
     MECHANICS_NOTE,
@@ -32,6 +32,7 @@ from lorascope.report.runs import measure_pairs
 BM25_KEY = FIRST_STAGE
 BM25_LABEL = "BM25 (first stage)"
 RANDOM_KEY = RANDOM
+ZERO_SHOT_LABEL = "Base model zero-shot (its own ranking, no LoRA)"
 
 
 def baseline_rows(
@@ -51,6 +52,10 @@ def baseline_rows(
         depth = inputs.split_info(split).get("depth")
         label = f"Random reordering of the top-{depth}" if depth else "Random reordering"
         rows.append(Row(RANDOM_KEY, label, floor, baseline=True))
+    own = [Cell() if c.paper else Cell(inputs.zero_shot(c.model, split, measure or c.measure))
+           for c in columns]
+    if any(cell.value is not None for cell in own):
+        rows.append(Row(ZERO_SHOT, ZERO_SHOT_LABEL, own, baseline=True))
     return rows
 
 TITLES = {

@@ -204,17 +204,23 @@ def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any],
         label=raw.get("label", name),
         mechanics_only=raw["mechanics_only"],
         training=_parse_training(merged_training(training, raw.get("training", {})), f"{key}.training"),
+        zero_shot=copy.deepcopy(raw["zero_shot"]),
     )
 
 
 def _parse_data(raw: Mapping[str, Any]) -> tuple[TrainData, dict[str, Split]]:
-    train = TrainData(**raw["train"])
+    spec = dict(raw["train"])
+    if isinstance(spec["dataset"], list):
+        spec["dataset"] = tuple(spec["dataset"])
+    train = TrainData(**spec)
     if train.source == "embedded":
-        if train.dataset not in EMBEDDED_DATASETS:
-            raise ConfigError(
-                f"config key 'data.train.dataset': unknown embedded collection {train.dataset!r} "
-                f"(embedded: {', '.join(EMBEDDED_DATASETS)})"
-            )
+        for i, dataset in enumerate(train.datasets):
+            if dataset not in EMBEDDED_DATASETS:
+                where = "data.train.dataset" + (f"[{i}]" if len(train.datasets) > 1 else "")
+                raise ConfigError(
+                    f"config key '{where}': unknown embedded collection {dataset!r} "
+                    f"(embedded: {', '.join(EMBEDDED_DATASETS)})"
+                )
         if train.negatives != "scoreddocs":
             raise ConfigError(
                 f"config key 'data.train.negatives': {train.negatives!r} needs ir_datasets; the "
@@ -289,6 +295,7 @@ def _parse_evaluation(raw: Mapping[str, Any], splits: Mapping[str, Split]) -> Ev
         splits=tuple(names),
         final_splits=final,
         batch_tokens=raw["batch_tokens"],
+        precision=raw["precision"],
         significance=Significance(**raw["significance"]),
         convergence=Convergence(split=split, measure=conv["measure"], epsilon=conv["epsilon"]),
     )

@@ -77,16 +77,48 @@ def sweep_step(sweep: Sweep, model: Model) -> int:
     return model.training.steps[-1] if sweep.step == "last" else int(sweep.step)
 
 
-def evaluation_jobs(study: Study) -> Iterator[EvalJob]:
-    """Every evaluation job: the checkpoint curves, then each sweep's jobs."""
+@dataclass(frozen=True)
+class CurveJob:
+    """One ``evaluate_checkpoints`` job: the full adapter of ``steps`` of a run on a split."""
+
+    model: str
+    adapter: str
+    split: str
+    steps: tuple[int, ...]
+
+    def evaluations(self) -> list[EvalJob]:
+        """The (model, adapter, step, ``checkpoints``, split) evaluations it does."""
+        return [EvalJob(self.model, self.adapter, s, CHECKPOINTS, self.split) for s in self.steps]
+
+
+def curve_jobs(study: Study) -> Iterator[CurveJob]:
+    """The checkpoint curves: every checkpoint on ``evaluation.splits``, the last one on
+    ``evaluation.final_splits``; one job per run and split."""
     for model in study.models.values():
+        steps = tuple(model.training.steps)
         for adapter in model.training.adapters:
-            for step in model.training.steps:
-                for split in study.evaluation.splits:
-                    yield EvalJob(model.name, adapter.name, step, CHECKPOINTS, split)
+            for split in study.evaluation.splits:
+                yield CurveJob(model.name, adapter.name, split, steps)
             for split in study.evaluation.final_splits:
-                last = model.training.steps[-1]
-                yield EvalJob(model.name, adapter.name, last, CHECKPOINTS, split)
+                yield CurveJob(model.name, adapter.name, split, steps[-1:])
+
+
+def curve_steps(study: Study, model: str, split: str) -> tuple[int, ...]:
+    """The checkpoints a curve job of ``model`` scores on ``split``."""
+    steps = tuple(study.models[model].training.steps)
+    return steps if split in study.evaluation.splits else steps[-1:]
+
+
+def evaluation_jobs(study: Study) -> Iterator[EvalJob]:
+    """Every evaluation: the checkpoint curves' (done by :func:`curve_jobs`), then each
+    sweep's (one ``evaluate`` job each, :func:`sweep_jobs`)."""
+    for job in curve_jobs(study):
+        yield from job.evaluations()
+    yield from sweep_jobs(study)
+
+
+def sweep_jobs(study: Study) -> Iterator[EvalJob]:
+    """Every ``evaluate`` job: each sweep on each of its adapters and splits."""
     for sweep in study.sweeps.values():
         for model in study.models.values():
             for adapter in sweep_applies(sweep, model):
@@ -158,3 +190,9 @@ def adapter_fields(study: Study, model: str, adapter: str) -> dict[str, object]:
 
     a = adapter_of(study.models[model], adapter)
     return {"rank": a.rank, "targets": a.targets_name, "variant": variants.label(a.variant)}
+
+
+def zero_shot_jobs(study: Study) -> list[tuple[str, str]]:
+    """(model, split) of every zero-shot ranking: each model that has one, on every split."""
+    return [(m.name, split) for m in study.models.values() if m.zero_shot
+            for split in study.splits]

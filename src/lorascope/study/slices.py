@@ -29,11 +29,13 @@ def to_json(value: Any) -> str:
 
 
 def train_data(study: Study) -> dict[str, Any]:
-    return {
-        "train": dataclasses.asdict(study.train),
-        "seed": study.seed,
-        "holdout_queries": sorted(s.queries for s in study.holdout_splits() if s.queries),
-    }
+    """The training groups: their source, and per training collection the sizes of the
+    splits held out of it (those queries leave training)."""
+    train = dataclasses.asdict(study.train)
+    train["dataset"] = list(study.train.datasets)
+    held = {d: sorted(s.queries for s in study.holdout_splits() if s.dataset == d and s.queries)
+            for d in study.train.datasets}
+    return {"train": train, "seed": study.seed, "holdout_queries": held}
 
 
 def split_data(study: Study, split: str) -> dict[str, Any]:
@@ -102,10 +104,43 @@ def evaluate(study: Study, model: str, adapter: str, step: int, sweep: str, spli
         "split": split,
         "metrics": list(ev.metrics),
         "significance": dataclasses.asdict(ev.significance),
-        "scoring": {
-            "batch_tokens": ev.batch_tokens,
-            "max_length": study.models[model].training.max_length,
-        },
+        "scoring": scoring(study, model),
+    }
+
+
+def evaluate_checkpoints(study: Study, model: str, adapter: str, split: str) -> dict[str, Any]:
+    """The checkpoint curve of one run on one split: which steps, the measures, the scoring."""
+    from lorascope.study.plan import curve_steps
+
+    return {
+        "model": model,
+        "adapter": adapter,
+        "split": split,
+        "steps": list(curve_steps(study, model, split)),
+        "metrics": list(study.metrics),
+        "scoring": scoring(study, model),
+    }
+
+
+def evaluate_zero_shot(study: Study, model: str, split: str) -> dict[str, Any]:
+    """A base model's zero-shot ranking of one split: its method, the measures, the scoring."""
+    ev = study.evaluation
+    return {
+        "model": model,
+        "split": split,
+        "zero_shot": dict(study.models[model].zero_shot or {}),
+        "metrics": list(study.metrics),
+        "scoring": {"batch_tokens": ev.batch_tokens, "precision": ev.precision},
+    }
+
+
+def scoring(study: Study, model: str) -> dict[str, Any]:
+    """How a scoring job (evaluate, lens, boundary comparison) of ``model`` scores pairs."""
+    ev = study.evaluation
+    return {
+        "batch_tokens": ev.batch_tokens,
+        "max_length": study.models[model].training.max_length,
+        "precision": ev.precision,
     }
 
 
@@ -257,6 +292,8 @@ SLICES: dict[str, Callable[..., dict[str, Any]]] = {
     "train_lora": train,
     "extract_adapter": extract,
     "evaluate": evaluate,
+    "evaluate_checkpoints": evaluate_checkpoints,
+    "evaluate_zero_shot": evaluate_zero_shot,
     "summarize": summarize,
     "report": report,
 }

@@ -24,12 +24,17 @@ class TrainData:
     """Where training groups come from and how they are built."""
 
     source: Literal["embedded", "ir_datasets"]
-    dataset: str
+    dataset: str | tuple[str, ...]
     group_size: int
     min_relevance: int
     negatives: str
     negatives_depth: int
     max_queries: int | None
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The collections training groups come from (one, or several together)."""
+        return (self.dataset,) if isinstance(self.dataset, str) else tuple(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class Split:
     queries: int | None
 
     def same_collection(self, train: TrainData) -> bool:
-        return (self.source, self.dataset) == (train.source, train.dataset)
+        return self.source == train.source and self.dataset in train.datasets
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class Model:
     label: str
     mechanics_only: bool
     training: Training
+    zero_shot: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,7 @@ class Evaluation:
     splits: tuple[str, ...]
     final_splits: tuple[str, ...]
     batch_tokens: int
+    precision: str
     significance: Significance
     convergence: Convergence
 

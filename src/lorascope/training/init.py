@@ -95,7 +95,7 @@ def initialize_eva(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), model.disable_adapter(), runtime.autocast():
             for batch in batches:
                 tokens["mask"] = batch["attention_mask"].bool()
                 model(**batch)

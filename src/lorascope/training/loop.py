@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorascope.core import fileio, roles, variants
 from lorascope.core.names import INITIAL_ADAPTER, TRAIN_LOG, checkpoint_name
+from lorascope.core.precision import describe
 from lorascope.training import state as train_state
 from lorascope.training.groups import Group, GroupOrder, load_groups
 from lorascope.training.init import eva_config, initialize_eva
@@ -153,7 +154,8 @@ def train(
                 bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{pairs_per_s:.0f}")
                 if step in checkpoints:
                     probe = loop.probe_scores()
-                    _save_checkpoint(model, out_dir, step, settings, base_dir, probe)
+                    _save_checkpoint(model, out_dir, step, settings, base_dir, probe,
+                                     describe(runtime.precision))
                     _write_log(out_dir, rows)
                     train_state.save_state(
                         out_dir,
@@ -194,7 +196,11 @@ def _build_model(
     from lorascope.models.reranker import load_reranker
 
     model, tokenizer, arch = load_reranker(
-        base_dir, device=runtime.device, quantize_4bit=settings.quantize_4bit
+        base_dir,
+        device=runtime.device,
+        dtype=runtime.precision.dtype,
+        quantize_4bit=settings.quantize_4bit,
+        attention=runtime.attention,
     )
     target_roles = roles.resolve_targets(arch, settings.targets)
     modules = roles.target_modules(arch, target_roles, num_layers=roles.num_layers(model.config))
@@ -222,6 +228,10 @@ def _build_model(
         warnings.filterwarnings("ignore", message=".*eva initialization used with low_cpu_mem")
         peft_model = get_peft_model(model, config)
     _check_lora_modules(peft_model, arch, modules)
+    if runtime.bf16:  # fp32 master weights for what is trained; the frozen base stays bf16
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     # peft rewrites a long target list into minimal suffixes (BERT's "output.dense" then also
     # names attention.output.dense's tail); keep the full names in the saved adapter_config so
     # that downstream stages read (layer, role) pairs from it without ambiguity.
@@ -303,7 +313,7 @@ class _Loop:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.runtime.autocast():
                 scores = score_logits(self.model(**batch).logits).float().tolist()
         finally:
             self.model.train(was_training)
@@ -316,7 +326,6 @@ class _Loop:
         from lorascope.models.reranker import encode_pairs, score_logits
 
         settings, total = self.settings, len(indices)
-        device_type = self.runtime.device.split(":")[0]
         loss_sum = 0.0
         for start in range(0, total, settings.micro_batch_queries):
             chunk = [self.groups[i] for i in indices[start : start + settings.micro_batch_queries]]
@@ -324,7 +333,7 @@ class _Loop:
             passages = [p for g in chunk for p in g.passages]
             batch = encode_pairs(self.tokenizer, self.arch, queries, passages, settings.max_length)
             batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.runtime.bf16):
+            with self.runtime.autocast():
                 logits = self.model(**batch).logits
             scores = score_logits(logits).float().view(len(chunk), self.group_size)
             target = torch.zeros(len(chunk), dtype=torch.long, device=scores.device)
@@ -405,12 +414,14 @@ def _save_checkpoint(
     settings: TrainSettings,
     base_dir: str | Path,
     probe: dict[str, Any],
+    precision: dict[str, Any],
 ) -> None:
     with fileio.atomic_dir(checkpoint_dir(out_dir, step)) as tmp:
         model.save_pretrained(tmp)
         fileio.write_json(
             tmp / "checkpoint.json",
-            {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(), "probe": probe},
+            {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(),
+             "precision": precision, "probe": probe},
         )
 
 
@@ -467,7 +478,7 @@ def _provenance(
     versions = {lib: package_version(lib) for lib in ("torch", "transformers", "peft", "lorascope")}
     return {
         "settings": settings.to_dict(),
-        "runtime": dataclasses.asdict(runtime),
+        "runtime": {**dataclasses.asdict(runtime), "precision": describe(runtime.precision)},
         "base_dir": str(base_dir),
         "base_source": base.get("source"),
         "base_weights_sha256": base.get("weights_sha256"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lorascope.core import variants
+from lorascope.core.precision import PRECISIONS, Choice, resolve
 from lorascope.models.reranker import MAX_LENGTH
 
 
@@ -37,7 +38,9 @@ class TrainSettings:
             ``None`` = all the data has.
         max_length: tokens per (query, passage) input.
         seed: seeds the head and LoRA initialisation, dropout and the data order.
-        precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on CUDA, else fp32).
+        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the hardware computes it
+            natively: a GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16); bf16 = bf16 base
+            weights, fp32 trainable weights, bf16 autocast (:mod:`lorascope.core.precision`).
         gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on CUDA only).
         quantize_4bit: 4-bit NF4 base weights (QLoRA; CUDA only).
         weight_decay: AdamW weight decay.
@@ -82,7 +85,7 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
         if self.decay_steps is not None and self.decay_steps < steps[-1]:
             raise ValueError(f"decay_steps {self.decay_steps} ends before step {steps[-1]}")
-        if self.precision not in ("fp32", "bf16", "auto"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {self.group_size}")
@@ -109,20 +112,42 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Runtime:
-    """What the settings resolve to on this machine."""
+    """What the settings resolve to on this machine.
+
+    Attributes:
+        device: the torch device.
+        precision: the resolved precision and why (:mod:`lorascope.core.precision`).
+        gradient_checkpointing: whether activations are recomputed in the backward pass.
+        attention: the attention implementation asked of transformers (``None``: its
+            default); ``eager`` for bf16 on a CPU (SDPA's bf16 backward is slow there).
+    """
 
     device: str
-    bf16: bool
+    precision: Choice
     gradient_checkpointing: bool
+    attention: str | None = None
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.bf16
+
+    def autocast(self) -> Any:
+        """The forward's autocast context: bf16 compute over fp32 trainable weights (a no-op
+        in fp32)."""
+        import torch
+
+        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=self.bf16)
 
 
 def resolve_runtime(settings: TrainSettings) -> Runtime:
-    """Device, precision and gradient checkpointing for this machine."""
+    """Device, precision, gradient checkpointing and attention for this machine."""
 
     from lorascope.models.reranker import default_device
 
     device = default_device() if settings.device == "auto" else settings.device
     cuda = device.startswith("cuda")
-    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
+    choice = resolve(settings.precision, device)
     ckpt = settings.gradient_checkpointing
-    return Runtime(device, bf16, cuda if ckpt == "auto" else bool(ckpt))
+    attention = "eager" if choice.bf16 and not cuda else None
+    return Runtime(device, choice, cuda if ckpt == "auto" else bool(ckpt), attention)

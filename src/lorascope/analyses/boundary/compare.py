@@ -20,6 +20,7 @@ from lorascope.analyses.boundary.selection import BoundaryError
 from lorascope.core import adapters, fileio, provenance
 from lorascope.core.ablation import Ablation
 from lorascope.core.names import FULL, boundary_name
+from lorascope.core.precision import describe
 from lorascope.core.roles import ArchitectureRoles
 
 if TYPE_CHECKING:
@@ -185,19 +186,21 @@ def compare_boundary(
                                 Ablation(PRUNED, dropped).to_params()]
     settings = EvalSettings.from_params(eval_params)
     device = default_device()
+    precision = settings.scoring.resolve(device)
 
     queries, candidates, qrels = read_split(split_dir)
     record = provenance.record(STAGE, params, base_dir=str(base_dir),
                                adapter_dir=str(adapter_dir), pruned_dir=str(pruned_dir),
                                split_dir=str(split_dir), device=device,
-                               adapter_manifest=source_manifest, pruned_manifest=manifest)
+                               adapter_manifest=source_manifest, pruned_manifest=manifest,
+                               precision=describe(precision))
     runs: dict[str, dict[tuple[str, str], float]] = {}
     timing: dict[str, dict[str, Any]] = {}
     prepared: Any = None
     warmup: Any = None
     check: dict[str, Any] = {}
     for name, directory in ((FULL, adapter_dir), (PRUNED, pruned_dir)):
-        model, tokenizer, arch = load_adapted(base_dir, directory, dtype=settings.dtype,
+        model, tokenizer, arch = load_adapted(base_dir, directory, dtype=precision.dtype,
                                               device=device)
         if prepared is None:
             prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
@@ -227,7 +230,8 @@ def compare_boundary(
             sink.write_rows(score_rows(name, scores))
     per_query = write_metrics(out_metrics, runs, qrels, settings.measures, record)
 
-    summary = sweep_summary(eval_params, settings, per_query, timing, prepared, record)
+    summary = sweep_summary(eval_params, settings, per_query, timing, prepared, record,
+                            precision)
     fraction = float(info["params"]["fraction_removed"])
     for name in (FULL, PRUNED):
         summary["ablations"][name]["seconds_all"] = timing[name]["seconds_all"]

@@ -52,6 +52,7 @@ from lorascope.analyses.lens.readout import (
 from lorascope.core import fileio, metrics, provenance, variants
 from lorascope.core.adapters import verified_manifest
 from lorascope.core.contracts import write_table
+from lorascope.core.precision import describe
 from lorascope.core.results import ScoringSettings, UsesScoring
 
 if TYPE_CHECKING:
@@ -176,8 +177,10 @@ def lens(
     manifests = {step: verified_manifest(d, base_dir) for step, d in checkpoints}
     last_step, last_dir = checkpoints[-1]
     device = default_device()
+    precision = settings.scoring.resolve(device)
     started = time.perf_counter()
-    model, tokenizer, arch = load_adapted(base_dir, last_dir, dtype=settings.dtype, device=device)
+    model, tokenizer, arch = load_adapted(base_dir, last_dir, dtype=precision.dtype,
+                                          device=device)
     readout_for(arch)
     modules = switching.lora_modules(model, arch)
     original_base = not variants.rewrites_base(adapter_config.get("init_lora_weights"))
@@ -197,7 +200,7 @@ def lens(
         STAGE, params, base_dir=str(base_dir), split_dir=str(split_dir), device=device,
         adapter_dirs={str(s): str(d) for s, d in checkpoints},
         adapter_manifests={str(s): m for s, m in manifests.items()},
-        base_head_step=last_step,
+        base_head_step=last_step, precision=describe(precision),
     )
 
     dirs = dict(checkpoints)
@@ -221,7 +224,7 @@ def lens(
                                   progress=progress, desc=desc)
         budget = scores.stats["batch_tokens"]
         seconds = time.perf_counter() - t1
-        diff = check_final_layer(scores, settings.dtype, f"step {step} of {last_dir.parent}")
+        diff = check_final_layer(scores, precision.dtype, f"step {step} of {last_dir.parent}")
         t2 = time.perf_counter()
         per_query[step] = {layer: metrics.per_query(qrels, scores.run(layer),
                                                     list(settings.measures))
@@ -257,7 +260,7 @@ def lens(
                  "head_from_step": last_step, "original_base": original_base},
         "per_step": [per_step[s] for s in steps],
         "scoring": {"pairs": len(prepared), "batch_tokens": budget,
-                    "max_length": settings.max_length, "dtype": settings.dtype,
+                    "max_length": settings.max_length, "precision": precision.resolved,
                     "real_tokens": prepared.real_tokens, "padded_tokens": prepared.padded_tokens,
                     "padding_ratio": round(prepared.padding_ratio, 4), "device": device},
         "loading": {"strategy": "base + last checkpoint loaded once; other checkpoints "

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lorascope.study import slices
 from lorascope.study.parse import check_selection, check_split_names, names_or_none
 from lorascope.study.spec import Selection, Study
 
@@ -45,10 +46,7 @@ def lens(study: Study, model: str, adapter: str, split: str) -> dict[str, Any]:
         "adapter": adapter,
         "split": split,
         "metrics": list(ev.metrics),
-        "scoring": {
-            "batch_tokens": ev.batch_tokens,
-            "max_length": study.models[model].training.max_length,
-        },
+        "scoring": slices.scoring(study, model),
         "epsilon": ev.convergence.epsilon,
     }
 
