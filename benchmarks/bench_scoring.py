@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from lorascope.models.reranker import load_reranker
-    from lorascope.core.scoring import PreparedPairs, fixed_batches, plan_batches
+    from lorascope.core.batches import fixed_batches, plan_batches
+    from lorascope.core.scoring import PreparedPairs
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

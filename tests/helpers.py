@@ -148,6 +148,20 @@ def build_adapter(
     return out_dir
 
 
+def stamp_checkpoint(checkpoint_dir: Path, base_dir: Path, step: int) -> Path:
+    """Make a hand-built adapter a checkpoint extraction accepts: a ``checkpoint.json`` whose
+    run fingerprint names the prepared base's weights (as training writes it)."""
+    import json
+
+    from lorascope.core.adapters import base_manifest
+
+    fingerprint = {"base_weights_sha256": base_manifest(base_dir)["weights_sha256"],
+                   "settings": None, "train_groups": None, "code": None}
+    (checkpoint_dir / "checkpoint.json").write_text(
+        json.dumps({"step": step, "fingerprint": fingerprint}))
+    return checkpoint_dir
+
+
 def load_adapted(base_dir: Path, adapter_dir: Path, dtype: str = "float32"):
     """Base + adapter through the evaluate stage's loader: ``(model, tokenizer, arch)``."""
     from lorascope.models.adapted import load_adapted as load
@@ -158,24 +172,25 @@ def load_adapted(base_dir: Path, adapter_dir: Path, dtype: str = "float32"):
 def reference_model(base_dir: Path, adapter_dir: Path, zeroed: Collection[tuple[int, str]],
                     dtype: str = "float32"):
     """A fresh load whose ``zeroed`` LoRA updates are removed from the weights themselves:
-    ``lora_B = 0`` (and, for DoRA, the magnitude reset to the base weight's column norms, the
-    state DoRA starts from - with ``lora_B = 0`` alone DoRA still rescales ``W``)."""
+    ``lora_B = 0``; a DoRA layer (which rescales ``W`` even with ``lora_B = 0``) is replaced
+    by its base layer, the state without any update. (Resetting DoRA's magnitude to the base
+    weight's column norms instead is exact in fp32 only: a bf16 magnitude cannot hold the
+    norms, and the ratio of the two is then not exactly 1.)"""
     import torch
 
     from lorascope.core.switching import lora_modules
 
     model, _, arch = load_adapted(base_dir, adapter_dir, dtype)
     table = lora_modules(model, arch)
+    names = {id(module): name for name, module in model.named_modules()}
     with torch.no_grad():
         for key in zeroed:
             layer = table[key]
-            layer.lora_B["default"].weight.zero_()
             if layer.use_dora.get("default"):
-                dora = layer.lora_magnitude_vector["default"]
-                weight = layer.get_base_layer().weight
-                zeros = torch.zeros_like(weight)
-                dora.weight.copy_(dora.get_weight_norm(weight, zeros,
-                                                       layer.scaling["default"]))
+                parent_name, _, child = names[id(layer)].rpartition(".")
+                setattr(model.get_submodule(parent_name), child, layer.get_base_layer())
+            else:
+                layer.lora_B["default"].weight.zero_()
     return model
 
 

@@ -41,6 +41,11 @@ def evaluate_job(adapter: str, step: int, sweep: str, split: str) -> str:
     return f"evaluate[{MODEL}/{adapter}/{step}/{sweep}/{split}]"
 
 
+def curve_job(adapter: str, split: str) -> str:
+    """The label of one checkpoint-curve job (every checkpoint of an adapter on a split)."""
+    return f"evaluate_checkpoints[{MODEL}/{adapter}/{split}]"
+
+
 #: Every job of the small study, labelled ``rule[wildcard values but the study]``.
 JOBS = frozenset(
     {
@@ -53,8 +58,7 @@ JOBS = frozenset(
         f"train_lora[{MODEL}/r1-all]",
         f"extract_adapter[{MODEL}/r1-all/1]",
         f"extract_adapter[{MODEL}/r1-all/2]",
-        evaluate_job("r1-all", 1, "checkpoints", "validation"),
-        evaluate_job("r1-all", 2, "checkpoints", "validation"),
+        curve_job("r1-all", "validation"),
         evaluate_job("r1-all", 2, "components", "dl19"),
         evaluate_job("r1-all", 2, "per_layer", "validation"),
         "summarize",

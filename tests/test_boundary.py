@@ -10,7 +10,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from helpers import as_tensor, build_adapter, build_base, prepare, write_toy_split
+from helpers import as_tensor, build_adapter, build_base, prepare, stamp_checkpoint, write_toy_split
 
 from lorascope.core import adapters
 from lorascope.extraction import extract_adapter
@@ -63,7 +63,7 @@ def prepared_base(root: Path, model_type: str) -> Path:
 def extracted_adapter(root: Path, base: Path, name: str, **kwargs) -> Path:
     """A random adapter extracted like the workflow does (manifest with sha256s)."""
     train = root / f"train-{name}"
-    build_adapter(base, train / "step-10", **kwargs)
+    stamp_checkpoint(build_adapter(base, train / "step-10", **kwargs), base, 10)
     out = root / f"adapter-{name}"
     extract_adapter({"model": "tiny", "adapter": name, "step": 10}, train, base, out)
     return out

@@ -89,15 +89,63 @@ def test_two_devices_for_one_job_and_no_hold_and_wait(tmp_path):
     _finish(d)
 
 
-def test_scheduler_or_caller_assignment_is_kept(tmp_path):
-    slurm = {devices.VISIBLE: "1", "SLURM_JOB_ID": "42", devices.SLOTS_ENV: "4"}
+def test_scheduler_or_caller_assignment_is_kept_and_still_locked(tmp_path):
+    """Devices assigned by a scheduler or the caller are used as given - and locked, so two
+    jobs told to use the same device do not share it (finding 5 of the adversarial review)."""
+    slurm = {devices.VISIBLE: "0", "SLURM_JOB_ID": "42", "SLURM_STEP_GPUS": "3",
+             devices.SLOTS_ENV: "4"}
     got = devices.claim(1, env=slurm, lock_dir=tmp_path)
-    assert (got.source, got.devices, slurm[devices.VISIBLE]) == ("scheduler", ("1",), "1")
-    assert not any(tmp_path.iterdir())  # no lock taken
+    assert (got.source, got.devices, slurm[devices.VISIBLE]) == ("scheduler", ("0",), "0")
+    assert [p.name for p in got.lock_paths] == ["gpu-3.lock"]  # the physical device
+    got.release()
 
     caller = {devices.VISIBLE: "3"}
-    got = devices.claim(1, env=caller, lock_dir=tmp_path)
-    assert (got.source, caller[devices.VISIBLE]) == ("environment", "3")
+    first = devices.claim(1, env=caller, lock_dir=tmp_path)
+    assert (first.source, caller[devices.VISIBLE]) == ("environment", "3")
+    with pytest.raises(TimeoutError, match=r"no 1 free GPU\(s\) of 3 within 0 s; held by: 3 "
+                                           r"\(pid \d+\)"):
+        devices.claim(1, env={devices.VISIBLE: "3"}, lock_dir=tmp_path, timeout=0)
+    first.release()
+    devices.claim(1, env={devices.VISIBLE: "3"}, lock_dir=tmp_path, timeout=0).release()
+
+
+def test_timeout_from_the_environment(tmp_path):
+    held = devices.claim(1, env={devices.VISIBLE: "5"}, lock_dir=tmp_path)
+    with pytest.raises(TimeoutError, match="LORASCOPE_GPU_TIMEOUT sets the wait"):
+        devices.claim(1, env={devices.VISIBLE: "5", devices.TIMEOUT_ENV: "0.2"},
+                      lock_dir=tmp_path, poll_seconds=0.05)
+    with pytest.raises(ValueError, match="LORASCOPE_GPU_TIMEOUT='soon': expected seconds"):
+        devices.claim(1, env={devices.VISIBLE: "5", devices.TIMEOUT_ENV: "soon"},
+                      lock_dir=tmp_path)
+    held.release()
+
+
+def test_lock_directory_and_files_are_private(tmp_path):
+    """A symlinked lock file is refused and its target left untouched; a lock directory of
+    another mode or kind is refused; a new one is created 0700."""
+    fresh = tmp_path / "new" / "locks"
+    devices.claim(1, env={devices.VISIBLE: "0"}, lock_dir=fresh).release()
+    assert (fresh.stat().st_mode & 0o777) == 0o700
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    links = tmp_path / "links"
+    links.mkdir(mode=0o700)
+    (links / "gpu-0.lock").symlink_to(target)
+    with pytest.raises(devices.LockDirError, match="without following links"):
+        devices.claim(1, env={devices.VISIBLE: "0"}, lock_dir=links)
+    assert target.read_text() == "keep me\n"
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(devices.LockDirError, match="writable by others"):
+        devices.claim(1, env={devices.VISIBLE: "0"}, lock_dir=shared)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "alias").symlink_to(real)
+    with pytest.raises(devices.LockDirError, match="not a directory"):
+        devices.claim(1, env={devices.VISIBLE: "0"}, lock_dir=tmp_path / "alias")
 
 
 def test_a_wider_visible_list_is_the_pool(tmp_path):

@@ -335,8 +335,8 @@ def test_params_checks() -> None:
     from lorascope.models.reranker import MAX_LENGTH
 
     settings = LensSettings.from_params({"metrics": ["nDCG@10"], "model": "m"})
-    assert (settings.epsilon, settings.batch_tokens, settings.max_length, settings.dtype) == (
-        0.01, 16384, MAX_LENGTH, "float32")
+    assert (settings.epsilon, settings.batch_tokens, settings.max_length,
+            settings.scoring.precision) == (0.01, 16384, MAX_LENGTH, "fp32")
     with pytest.raises(ValueError, match=r"unknown keys \['epsilion'\]"):
         LensSettings.from_params({"metrics": ["nDCG@10"], "epsilion": 0.1})
     with pytest.raises(ValueError, match=r"unknown keys \['scoring.batch_size'\]"):
@@ -345,5 +345,7 @@ def test_params_checks() -> None:
         LensSettings.from_params({"metrics": []})
     with pytest.raises(ValueError, match="'epsilon' must be >= 0"):
         LensSettings.from_params({"metrics": ["nDCG@10"], "epsilon": -1})
-    with pytest.raises(ValueError, match="scoring.dtype must be one of"):
-        LensSettings.from_params({"metrics": ["nDCG@10"], "scoring": {"dtype": "int8"}})
+    with pytest.raises(ValueError, match="scoring.precision must be one of"):
+        LensSettings.from_params({"metrics": ["nDCG@10"], "scoring": {"precision": "int8"}})
+    with pytest.raises(ValueError, match=r"unknown keys \['scoring.dtype'\]; known: scoring.batch"):
+        LensSettings.from_params({"metrics": ["nDCG@10"], "scoring": {"dtype": "float32"}})

@@ -35,6 +35,7 @@ from small_study import (
     JOBS,
     MODEL,
     RERUN_ANALYSIS_JOBS,
+    curve_job,
     evaluate_job,
     small_study,
     with_rerun_analyses,
@@ -223,6 +224,8 @@ RULES = (
     "prepare_base",
     "train_lora",
     "extract_adapter",
+    "evaluate_zero_shot",
+    "evaluate_checkpoints",
     "evaluate",
     "prune_boundary",
     "compare_boundary",
@@ -246,7 +249,8 @@ def rerun_study() -> dict[str, Any]:
 
 STUDY_JOBS = JOBS | RERUN_ANALYSIS_JOBS
 TAIL = frozenset({"summarize", "report", "all"})
-ALL_EVALS = frozenset(j for j in STUDY_JOBS if j.startswith("evaluate["))
+SWEEP_EVALS = frozenset(j for j in STUDY_JOBS if j.startswith("evaluate["))
+ALL_EVALS = SWEEP_EVALS | {curve_job("r1-all", "validation")}
 PRUNE = f"prune_boundary[{MODEL}/r1-all/2]"
 COMPARE = f"compare_boundary[{MODEL}/r1-all/2/dl19]"
 LENS = f"lens[{MODEL}/r1-all/validation]"
@@ -263,8 +267,7 @@ CHANGES = [
                 f"train_lora[{MODEL}/r2-all]",
                 f"extract_adapter[{MODEL}/r2-all/1]",
                 f"extract_adapter[{MODEL}/r2-all/2]",
-                evaluate_job("r2-all", 1, "checkpoints", "validation"),
-                evaluate_job("r2-all", 2, "checkpoints", "validation"),
+                curve_job("r2-all", "validation"),
                 evaluate_job("r2-all", 2, "per_layer", "validation"),
             }
         )
@@ -306,7 +309,7 @@ CHANGES = [
     ),
     Change(
         "evaluation.significance.test: wilcoxon -> ttest",
-        ALL_EVALS | {PRUNE, COMPARE} | TAIL,
+        SWEEP_EVALS | {PRUNE, COMPARE} | TAIL,
         edit=_set("evaluation.significance.test", "ttest"),
         downstream=frozenset({PRUNE}),
     ),
@@ -330,7 +333,7 @@ CHANGES = [
     ),
     Change(
         "edit lorascope/evaluate.py (the sweep loop)",
-        ALL_EVALS | {PRUNE, COMPARE} | TAIL,
+        SWEEP_EVALS | {PRUNE, COMPARE} | TAIL,
         files=("evaluate.py",),
         downstream=frozenset({PRUNE, COMPARE}),
     ),

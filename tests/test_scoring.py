@@ -10,7 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from helpers import as_tensor, build_adapter, build_base, load_adapted, passages, toy_pairs
 
-from lorascope.core.scoring import PreparedPairs, fixed_batches, plan_batches, score_candidates
+from lorascope.core.batches import fixed_batches, plan_batches
+from lorascope.core.scoring import PreparedPairs, score_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

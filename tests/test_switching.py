@@ -136,7 +136,7 @@ def test_trained_head_stays(adapted) -> None:
     assert (no_lora - untrained_head).abs().max() > 1e-3
 
     torch.manual_seed(123)
-    plain, _, _ = load_reranker(adapted["base"])
+    plain, _, _ = load_reranker(adapted["base"], dtype=adapted["dtype"])
     trained = {}
     for name, module in model.named_modules():
         if isinstance(module, ModulesToSaveWrapper):
@@ -188,3 +188,33 @@ def test_merged_layer_is_refused(bases, tmp_path) -> None:
     lora_modules(model, arch)[(0, "q")].merge()
     with pytest.raises(SwitchingError, match="merged"), zeroed(model, arch, {(0, "q")}):
         pass
+
+
+def test_resuming_at_a_block_equals_a_full_pass(adapted) -> None:
+    """An ablation's pass resumed from the full pass's recorded block outputs (blocks below
+    its first zeroed layer replayed) gives bitwise the scores of a full pass."""
+    import torch
+
+    from lorascope.core.prefix import BlockCache
+    from lorascope.core.switching import zeroed
+
+    model, arch = adapted["model"], adapted["arch"]
+    prepared = prepare(adapted["tokenizer"], arch, batch_tokens=96)
+    assert len(prepared.batches) > 1
+    cache = BlockCache(model, arch)
+    with cache.recording(prepared.plan_version):
+        full = as_tensor(prepared.score(model, progress=False))
+    depth = roles.num_layers(model.config)
+    for first in range(1, depth):
+        modules = {(layer, role) for layer in range(first, depth) for role in arch.roles[:2]}
+        with zeroed(model, arch, modules):
+            expected = as_tensor(prepared.score(model, progress=False))
+            with cache.resuming(first):
+                resumed = as_tensor(prepared.score(model, progress=False))
+        assert torch.equal(resumed, expected), (first, (resumed - expected).abs().max())
+        assert (expected - full).abs().max() > 0
+    # replayed blocks are restored: a plain pass afterwards is the full pass again
+    assert torch.equal(as_tensor(prepared.score(model, progress=False)), full)
+    with pytest.raises(RuntimeError, match="more batches than recorded"), cache.resuming(1):
+        prepared.score(model, progress=False)
+        prepared.score(model, progress=False)

@@ -130,7 +130,8 @@ def test_checkpoints_at_exactly_the_configured_steps(llama_base, groups_path, tm
     assert any(k.endswith("score.weight") for k in tensors)
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["summary"]["steps_done"] == 5 and len(summary["train_groups_sha256"]) == 64
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # no temporary leftovers; the trainer's lock file stays (it is never published)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".lock"]
 
 
 def test_training_is_deterministic(llama_base, groups_path, tmp_path) -> None:
@@ -171,8 +172,103 @@ def test_resume_ends_with_the_uninterrupted_adapter(llama_base, groups_path, tmp
 
     again = train(llama_base, groups_path, run, cut, progress=False)
     assert again["steps_done"] == 14
-    with pytest.raises(ValueError, match="other settings"):
-        train(llama_base, groups_path, dataclasses.replace(run, lr=1e-3), cut, progress=False)
+
+
+# --------------------------------------------------------------------------- a run's inputs
+
+
+def _step_tensors(out: Path, steps) -> dict[int, dict]:
+    return {step: adapter_tensors(out / f"step-{step}") for step in steps}
+
+
+def _assert_runs_equal(a: dict[int, dict], b: dict[int, dict]) -> None:
+    assert a.keys() == b.keys()
+    for step in a:
+        assert_bitwise_equal(a[step], b[step])
+
+
+@pytest.mark.parametrize("changed", ["train groups", "base weights", "code", "lr"])
+def test_a_changed_input_trains_afresh_never_reuses(llama_base, groups_path, tmp_path,
+                                                   tmp_path_factory, changed, caplog) -> None:
+    """Finding 1 of issue 13: the work dir of a complete run, rerun with other training data
+    (or base weights, code, settings), must end with the adapters of a fresh run on the new
+    inputs - before, it logged "already complete" and republished the old adapters."""
+    run = settings(steps=(2, 4))
+    work = tmp_path / "work"
+    train(llama_base, groups_path, run, work, progress=False, code="v1")
+    old = _step_tensors(work, run.steps)
+
+    base, groups, new_run, code = llama_base, groups_path, run, "v1"
+    if changed == "train groups":  # as data.train.max_queries 8 -> 6 did
+        groups = tmp_path / "fewer.parquet"
+        contracts.write_table(groups, toy_groups(40), contracts.TRAIN_GROUPS)
+    elif changed == "base weights":
+        base = _tiny(tmp_path_factory, "llama", 32, 21, layers=3)
+    elif changed == "code":
+        code = "v2"
+    else:
+        new_run = dataclasses.replace(run, lr=1e-3)
+    with caplog.at_level("WARNING"):
+        summary = train(base, groups, new_run, work, progress=False, code=code)
+    assert summary["complete"]
+    assert "holds the state of another run" in caplog.text
+    reused = _step_tensors(work, run.steps)
+    train(base, groups, new_run, tmp_path / "fresh", progress=False, code=code)
+    _assert_runs_equal(reused, _step_tensors(tmp_path / "fresh", run.steps))
+    if changed != "code":  # the same inputs and other code train the same numbers
+        assert any(not old[4][k].equal(reused[4][k]) for k in old[4])
+    checkpoint = json.loads((work / "step-4" / "checkpoint.json").read_text())
+    assert checkpoint["fingerprint"]["code"] == code
+
+
+def test_extraction_checks_the_fingerprint_not_the_current_base(llama_base, groups_path,
+                                                                tmp_path, tmp_path_factory) -> None:
+    """An adapter is extracted only against the base weights it was trained on."""
+    from lorascope.core.adapters import AdapterMismatch
+    from lorascope.extraction import extract_adapter
+
+    run = settings(steps=(2,))
+    train(llama_base, groups_path, run, tmp_path / "train", progress=False)
+    other = _tiny(tmp_path_factory, "llama", 32, 22, layers=3)
+    params = {"settings": run.to_dict(), "step": 2}
+    with pytest.raises(AdapterMismatch, match="other base weights"):
+        extract_adapter(params, tmp_path / "train", other, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+    extract_adapter(params, tmp_path / "train", llama_base, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_one_trainer_per_work_dir(llama_base, groups_path, tmp_path) -> None:
+    from lorascope.training.state import WorkDirBusy, WorkDirLock
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with WorkDirLock(work), pytest.raises(WorkDirBusy, match=f"{work} is in use by another trainer"):
+        train(llama_base, groups_path, settings(steps=(1,)), work, progress=False)
+    assert not (work / "step-1").exists()
+    train(llama_base, groups_path, settings(steps=(1,)), work, progress=False)  # lock released
+
+
+def test_a_planted_optimizer_state_is_never_unpickled(llama_base, groups_path, tmp_path) -> None:
+    """Finding 4: the resume state is loaded with ``weights_only=True``; a pickle that runs
+    code is refused (naming the file), and the code does not run."""
+    import pickle
+
+    from lorascope.training.state import StateError
+
+    run = settings(steps=(1, 3))
+    work = tmp_path / "work"
+    train(llama_base, groups_path, run, work, progress=False, stop_after=1)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (work / "state" / "optimizer.pt").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(StateError, match=f"{work / 'state' / 'optimizer.pt'}: cannot be loaded safely"):
+        train(llama_base, groups_path, run, work, progress=False)
+    assert not marker.exists()
 
 
 def test_score_at_last_non_pad_token_matches_unpadded(llama_base, neox_base) -> None:

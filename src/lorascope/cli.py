@@ -40,9 +40,14 @@ def checkpoint_dirs(values: Sequence[str]) -> dict[int, str]:
 
 
 def _validate_config(args: argparse.Namespace) -> None:
-    from lorascope.study.parse import load_study_file
+    from lorascope.study.parse import ConfigError, load_study_file
+    from lorascope.study.plan import check_plan
 
     study = load_study_file(args.config)
+    try:
+        check_plan(study)  # every check the workflow runs before its first job
+    except ConfigError as err:
+        raise ConfigError(f"{args.config}: {err}") from err
     print(
         f"{args.config}: study {study.name!r} is valid (hash {study.hash}; "
         f"{len(study.models)} models, {len(study.splits)} splits)"
@@ -90,7 +95,7 @@ def _prepare_base(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from lorascope.training.stage import train_lora
 
-    train_lora(args.params, args.base, args.train_groups, args.work_dir, args.out)
+    train_lora(args.params, args.base, args.train_groups, args.work_dir, args.out, args.code)
 
 
 def _extract(args: argparse.Namespace) -> None:
@@ -118,6 +123,24 @@ def _zero_shot(args: argparse.Namespace) -> None:
     evaluate_zero_shot(args.params, args.base, args.split_dir, args.metrics, args.summary)
 
 
+def die_with_parent() -> None:
+    """Have the kernel end this process (SIGTERM) when its parent ends - Snakemake, since the
+    rules ``exec`` lorascope - however the parent ends, SIGKILL included. A trainer that
+    outlived a killed Snakemake would otherwise keep writing into a work directory that a
+    rerun uses too. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    elif os.getppid() != parent:  # the parent ended before the request took effect
+        raise SystemExit(f"lorascope: the parent process {parent} ended; not starting")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorascope.analyses.registry import ANALYSES, load
 
@@ -125,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (the rule's threads)"
+    )
+    parser.add_argument(
+        "--die-with-parent",
+        action="store_true",
+        help="end this process when the process that started it ends (Linux; how the "
+        "workflow's jobs run: a job never outlives a killed Snakemake)",
     )
     parser.add_argument(
         "--gpus",
@@ -177,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-groups", required=True)
     p.add_argument("--work-dir", required=True, help="resumable working directory (kept on failure)")
     p.add_argument("--out", required=True, help="published run directory (checkpoints + log)")
+    p.add_argument("--code", help="the stage's code version (the rule's params.code), part of "
+                   "the run's fingerprint: a state of other code is never resumed")
 
     p = add("extract-adapter", _extract, "Extract one checkpoint as a standalone adapter + manifest.")
     p.add_argument("--params", type=params_arg, required=True)
@@ -228,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.die_with_parent:
+        die_with_parent()
     try:
         if args.gpus is not None:  # before anything imports torch
             from lorascope.core.devices import claim

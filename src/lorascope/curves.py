@@ -83,7 +83,8 @@ def evaluate_checkpoints(
     order = [steps[-1], *steps[:-1]]  # the last one is loaded, the others swapped in
     started = time.perf_counter()
     model, tokenizer, arch = load_adapted(base_dir, adapter_dirs_by_step[order[0]],
-                                          dtype=precision.dtype, device=device)
+                                          dtype=precision.dtype, device=device,
+                                          attention=precision.attention)
     load_seconds = time.perf_counter() - started
     queries, candidates, qrels = read_split(split_dir)
     prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,

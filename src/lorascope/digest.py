@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lorascope.core.adapters import ADAPTER_FILES
+from lorascope.core.contracts import content_digest
 
 #: Folders under results/<study>/ that hold no results (logs, timings, resumable state).
 SKIPPED = ("logs", "benchmarks", "work")
@@ -39,16 +40,7 @@ TIMING_COLUMNS = frozenset({"pairs_per_second_full", "pairs_per_second_pruned", 
 def table_digest(path: str | Path) -> str:
     """sha256 of a Parquet table's data: its schema without metadata and its values (timing
     columns left out)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path).replace_schema_metadata(None)
-    table = table.drop_columns([c for c in table.column_names if c in TIMING_COLUMNS])
-    table = table.combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    return content_digest(path, skip_columns=TIMING_COLUMNS)
 
 
 def content_digests(results_dir: str | Path) -> dict[str, str]:

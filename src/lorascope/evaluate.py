@@ -50,6 +50,7 @@ from lorascope.core.ablation import Ablation
 from lorascope.core.contracts import SCORES, ParquetSink
 from lorascope.core.names import FULL
 from lorascope.core.precision import describe
+from lorascope.core.prefix import DEFAULT_BUDGET, BlockCache, blocks, cache_bytes
 from lorascope.core.results import EvalSettings, score_rows, sweep_summary, write_metrics
 from lorascope.data.splits import read_split
 
@@ -143,7 +144,7 @@ def score_sweep(
     precision = settings.scoring.resolve(device)
     started = time.perf_counter()
     model, tokenizer, arch = load_adapted(base_dir, adapter_dir, dtype=precision.dtype,
-                                          device=device)
+                                          device=device, attention=precision.attention)
     available = switching.lora_modules(model, arch)
     for ablation in settings.ablations:
         switching.check_present(available.keys(), ablation.zeroed,
@@ -164,22 +165,29 @@ def score_sweep(
 
     runs: dict[str, dict[tuple[str, str], float]] = {}
     timing: dict[str, dict[str, Any]] = {}
+    cache = _block_cache(model, arch, prepared, settings.ablations)
     with ParquetSink(out_scores, SCORES, record) as sink:
         for ablation in settings.ablations:
             t0 = time.perf_counter()
-            with _applied(model, arch, ablation, available) as energy:
+            with ExitStack() as stack:
+                resumed = _resume(stack, cache, ablation, prepared.plan_version)
+                energy = stack.enter_context(_applied(model, arch, ablation, available))
                 scores = prepared.score(model, device=device, progress=progress,
                                         desc=ablation.name)
+            if cache is not None and cache.plan_version != prepared.plan_version:
+                cache.drop()  # re-planned after an out-of-memory error: other batches
             seconds = time.perf_counter() - t0
             run_stats = prepared.last_stats
             assert run_stats is not None
             runs[ablation.name] = scores
             timing[ablation.name] = {**run_stats.to_dict(), "seconds": round(seconds, 4),
                                      "plan_version": prepared.plan_version,
-                                     "energy_kept": _mean(energy.values()) if energy else None}
-            log.info("%-24s %d pairs in %.2fs (%.1f pairs/s, padded/real %.3f)",
+                                     "energy_kept": _mean(energy.values()) if energy else None,
+                                     "resumed_at_block": resumed}
+            log.info("%-24s %d pairs in %.2fs (%.1f pairs/s, padded/real %.3f%s)",
                      ablation.name, len(scores), seconds, len(scores) / max(seconds, 1e-9),
-                     run_stats.padding_ratio)
+                     run_stats.padding_ratio,
+                     f", resumed at block {resumed}" if resumed else "")
             sink.write_rows(score_rows(ablation.name, scores))
         if len(settings.ablations) > 1:  # nothing was switched when `full` is all there is
             _check_reproduction(prepared, model, device, runs[FULL], timing[FULL]["plan_version"])
@@ -208,6 +216,45 @@ def _applied(model: Any, arch: ArchitectureRoles, ablation: Ablation,
             energy = stack.enter_context(
                 switching.truncated(model, arch, rest, ablation.truncate_rank))
         yield energy
+
+
+def _block_cache(model: Any, arch: ArchitectureRoles, prepared: Any,
+                 ablations: Sequence[Ablation]) -> BlockCache | None:
+    """A cache of the full pass's block outputs, when some ablation can resume from it and
+    it fits :data:`~lorascope.core.prefix.DEFAULT_BUDGET`."""
+    if not any(_first_block(a) for a in ablations):
+        return None
+    num_blocks = len(blocks(model, arch))
+    element = next(model.parameters()).element_size()
+    needed = cache_bytes(prepared.padded_tokens, model.config.hidden_size, num_blocks, element)
+    if needed > DEFAULT_BUDGET:
+        log.info("no block cache: it would take %.1f GiB", needed / 1024**3)
+        return None
+    return BlockCache(model, arch)
+
+
+def _first_block(ablation: Ablation) -> int | None:
+    """The block an ablation's pass can resume at: its shallowest zeroed module's layer
+    (None: from the start - nothing zeroed, or an SVD truncation that touches every layer)."""
+    if not ablation.zeroed or ablation.truncate_rank is not None:
+        return None
+    return min(layer for layer, _ in ablation.zeroed) or None
+
+
+def _resume(stack: ExitStack, cache: BlockCache | None, ablation: Ablation,
+            plan_version: int) -> int | None:
+    """Enter the cache's recording (the ``full`` pass) or resuming (an ablation) context;
+    returns the block the pass resumes at, if any."""
+    if cache is None:
+        return None
+    if ablation.name == FULL:
+        stack.enter_context(cache.recording(plan_version))
+        return None
+    first = _first_block(ablation)
+    if first is None or not cache.recorded or cache.plan_version != plan_version:
+        return None
+    stack.enter_context(cache.resuming(first))
+    return first
 
 
 def _mean(values: Any) -> float:

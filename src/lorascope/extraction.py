@@ -71,6 +71,44 @@ def _probe(checkpoint: Path) -> dict[str, Any] | None:
     return probe
 
 
+def _check_trained_run(checkpoint: Path, params: Mapping[str, Any], base: Mapping[str, Any],
+                       base_dir: Path) -> None:
+    """The checkpoint must come from the run asked for: trained on this base model's weights
+    (its fingerprint's, not whatever base is current) with these settings.
+
+    Raises:
+        AdapterMismatch: naming what differs.
+    """
+    from lorascope.core.adapters import AdapterMismatch
+
+    file = checkpoint / "checkpoint.json"
+    if not file.is_file():
+        raise AdapterMismatch(f"{checkpoint}: no checkpoint.json; not a lorascope checkpoint")
+    saved = json.loads(file.read_text())
+    run = saved.get("fingerprint")
+    if not isinstance(run, Mapping):
+        raise AdapterMismatch(f"{file}: the checkpoint records no run fingerprint (trained by an "
+                              "older lorascope); retrain it")
+    if run.get("base_weights_sha256") != base.get("weights_sha256"):
+        raise AdapterMismatch(f"{checkpoint} was trained on other base weights than those of "
+                              f"{base_dir} (the run's fingerprint and base_manifest.json differ)")
+    wanted = params.get("settings")
+    if wanted is not None and run.get("settings") != _train_settings(wanted):
+        raise AdapterMismatch(f"{checkpoint} was trained with other settings than the ones "
+                              "asked for (a stale training directory?)")
+
+
+def _train_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainSettings dict a train slice's settings become (defaults filled)."""
+    from lorascope.training.settings import TrainSettings
+
+    values = dict(raw)
+    values["steps"] = tuple(values["steps"])
+    if isinstance(values.get("targets"), list):
+        values["targets"] = tuple(values["targets"])
+    return TrainSettings(**values).to_dict()
+
+
 def _trained_variant(config: Mapping[str, Any]) -> dict[str, Any]:
     """The variant and peft settings a checkpoint's adapter_config.json was trained with."""
     init = config.get("init_lora_weights", True)
@@ -168,6 +206,7 @@ def extract_adapter(
     if missing:
         raise FileNotFoundError(f"{source}: no checkpoint of step {step} (missing {', '.join(missing)})")
     base = base_manifest(base_dir)
+    _check_trained_run(source, params, base, base_dir)
     config = json.loads((source / ADAPTER_FILES[1]).read_text())
     variant = _trained_variant(config)
     with fileio.atomic_dir(out_dir) as tmp:

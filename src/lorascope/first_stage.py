@@ -16,7 +16,7 @@ from typing import Any
 from lorascope.core import fileio, metrics, provenance
 from lorascope.core.contracts import CANDIDATES, METRICS, QRELS, read_table, write_table
 from lorascope.core.names import FIRST_STAGE, RANDOM
-from lorascope.data.splits import split_paths
+from lorascope.data.splits import check_not_empty, split_paths
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ def evaluate_first_stage(
 ) -> dict[str, float]:
     """The stage: the split's first-stage ranking and its random floor, per query and mean."""
     paths = split_paths(Path(split_dir))
-    cands = read_table(paths["candidates"], CANDIDATES, columns=["qid", "docid", "rank"])
-    qrels = read_table(paths["qrels"], QRELS)
+    cands = check_not_empty(read_table(paths["candidates"], CANDIDATES,
+                                       columns=["qid", "docid", "rank"]),
+                            paths["candidates"], "candidates")
+    qrels = check_not_empty(read_table(paths["qrels"], QRELS), paths["qrels"], "judgements")
     run = zip(
         cands.column("qid").to_pylist(),
         cands.column("docid").to_pylist(),

@@ -57,37 +57,10 @@ def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
     return rows
 
 
-def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the first-stage ranking and, when present, of the random-reordering floor."""
-    baselines = [(FIRST_STAGE, summary["metrics"])]
-    if RANDOM in summary:
-        baselines.append((RANDOM, summary[RANDOM]))
-    return [
-        {
-            "model": "",
-            "adapter": "",
-            "rank": 0,
-            "targets": "",
-            "variant": "",
-            "step": 0,
-            "sweep": FIRST_STAGE,
-            "split": split,
-            "ablation": ablation,
-            "measure": measure,
-            "value": value,
-            "delta": None,
-            "p_value": None,
-            "p_adjusted": None,
-            "significant": False,
-            "queries": summary["queries"],
-        }
-        for ablation, values in baselines
-        for measure, value in values.items()
-    ]
-
-
-def zero_shot_rows(model: str, split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of a base model's zero-shot ranking (sweep and ablation ``zero_shot``)."""
+def reference_rows(model: str, split: str, sweep: str, queries: int,
+                   values: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Rows of a reference ranking without an adapter (no significance): ``values`` maps
+    each ablation name (``first_stage``, ``random``, ``zero_shot``) to its metric means."""
     return [
         {
             "model": model,
@@ -96,19 +69,34 @@ def zero_shot_rows(model: str, split: str, summary: Mapping[str, Any]) -> list[d
             "targets": "",
             "variant": "",
             "step": 0,
-            "sweep": ZERO_SHOT,
+            "sweep": sweep,
             "split": split,
-            "ablation": ZERO_SHOT,
+            "ablation": ablation,
             "measure": measure,
             "value": value,
             "delta": None,
             "p_value": None,
             "p_adjusted": None,
             "significant": False,
-            "queries": summary["queries"],
+            "queries": queries,
         }
-        for measure, value in summary["metrics"].items()
+        for ablation, means in values.items()
+        for measure, value in means.items()
     ]
+
+
+def first_stage_rows(split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the first-stage ranking and, when present, of the random-reordering floor."""
+    values = {FIRST_STAGE: summary["metrics"]}
+    if RANDOM in summary:
+        values[RANDOM] = summary[RANDOM]
+    return reference_rows("", split, FIRST_STAGE, summary["queries"], values)
+
+
+def zero_shot_rows(model: str, split: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a base model's zero-shot ranking (sweep and ablation ``zero_shot``)."""
+    return reference_rows(model, split, ZERO_SHOT, summary["queries"],
+                          {ZERO_SHOT: summary["metrics"]})
 
 
 def convergence_rows(

@@ -66,7 +66,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], *, pooling: str, max
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from lorascope.core.scoring import plan_batches
+    from lorascope.core.batches import plan_batches
 
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     batches = plan_batches([len(x) for x in ids], batch_tokens)

@@ -10,7 +10,7 @@ rule extract_adapter:
         directory(results("adapters/{model}/{adapter}/step-{step}")),
     log:
         logs("extract_adapter/{model}/{adapter}/step-{step}.log"),
-    priority: 2
+    priority: 500
     conda:
         ENV
     threads: 1
@@ -22,5 +22,5 @@ rule extract_adapter:
         cfg=config_slice("extract_adapter"),
         code=code_version("lorascope.extraction:extract_adapter"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
         " --base {input.base} --out {output} 2> {log}"

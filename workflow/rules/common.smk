@@ -8,11 +8,15 @@ from lorascope.analyses import registry
 from lorascope.core.names import REPORT_PAGES, SPLIT_TABLES
 from lorascope.study import plan, slices
 from lorascope.study.codedeps import code_version
-from lorascope.study.parse import load_study
+from lorascope.study.parse import load_study, read_config_file
 
 # Validates against the study schema (lorascope/study/config.schema.yaml plus each analysis's
 # schema.yaml; fills the defaults) and checks what a schema cannot; a bad config stops here,
 # before any job runs, naming the key and value.
+# Config files are re-read strictly: a key given twice is an error (YAML's last-wins would
+# hide it), and a YTE template is refused (Snakemake has evaluated it by now: see README).
+for configfile_path in workflow.configfiles:
+    read_config_file(configfile_path)
 STUDY = load_study(config)
 plan.check_plan(STUDY)  # ablation specs against each model's depth and roles
 # The conda environment of every rule, relative to the rule file (analyses sit one level down).
@@ -216,6 +220,31 @@ def train_groups_arg(wildcards):
 
 def train_work_dir(wildcards):
     return path("work/train/{model}/{adapter}", **job_wildcards(wildcards))
+
+
+# ---- scheduling: longest jobs first ----------------------------------------------------------
+# On a few cores the study ends when its longest chain does: training runs before any scoring,
+# the adapters most sweeps wait for first; then the scoring jobs with the most passes.
+
+
+def train_priority(wildcards):
+    """Above every scoring job; among trainings, the adapter with the most sweep jobs first."""
+    waiting = sum(
+        1
+        for job in plan.sweep_jobs(STUDY)
+        if (job.model, job.adapter) == (wildcards.model, wildcards.adapter)
+    )
+    return 1000 + waiting
+
+
+def evaluate_priority(wildcards):
+    """A sweep job's scoring passes (full + its ablations): its expected length."""
+    return plan.sweep_size(STUDY, wildcards.model, wildcards.adapter, wildcards.sweep)
+
+
+def curve_priority(wildcards):
+    """A curve job's scoring passes: one per checkpoint."""
+    return len(plan.curve_steps(STUDY, wildcards.model, wildcards.split))
 
 
 def train_runtime(wildcards):

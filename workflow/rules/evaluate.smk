@@ -1,8 +1,9 @@
-# Evaluation. Each base model's own zero-shot ranking (models.<m>.zero_shot), a baseline row of
-# every table beside BM25 and the random floor. The checkpoint curves: one job per {model} x {adapter} x {split} scores the full
-# adapter of every checkpoint (loaded once, the checkpoints swapped in). The sweeps: one job per
-# {model} x {adapter} x {step} x {sweep} x {split}; the base model and the adapter are loaded
-# once and every ablation of the sweep is scored by switching LoRA modules off in place.
+# Evaluation. Each base model's own zero-shot ranking (models.<m>.zero_shot), a baseline row
+# of every table beside BM25 and the random floor. The checkpoint curves: one job per
+# {model} x {adapter} x {split} scores the full adapter of every checkpoint (loaded once, the
+# checkpoints swapped in). The sweeps: one job per {model} x {adapter} x {step} x {sweep} x
+# {split}; the base model and the adapter are loaded once and every ablation of the sweep is
+# scored by switching LoRA modules off in place. Priorities: the jobs with most passes first.
 
 
 rule evaluate_checkpoints:
@@ -16,6 +17,7 @@ rule evaluate_checkpoints:
         logs("evaluate_checkpoints/{model}/{adapter}/{split}.log"),
     benchmark:
         benchmarks("evaluate_checkpoints/{model}/{adapter}/{split}.tsv")
+    priority: curve_priority
     conda:
         ENV
     threads: 1
@@ -29,7 +31,7 @@ rule evaluate_checkpoints:
         split_dir=split_dir,
         code=code_version("lorascope.curves:evaluate_checkpoints"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} evaluate-checkpoints --params {params.cfg:q}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate-checkpoints --params {params.cfg:q}"
         " --base {input.base} {params.adapters} --split-dir {params.split_dir} --out {output}"
         " 2> {log}"
 
@@ -53,6 +55,7 @@ rule evaluate:
         logs("evaluate/{model}/{adapter}/step-{step}/{sweep}/{split}.log"),
     benchmark:
         benchmarks("evaluate/{model}/{adapter}/step-{step}/{sweep}/{split}.tsv")
+    priority: evaluate_priority
     conda:
         ENV
     threads: 1
@@ -65,7 +68,7 @@ rule evaluate:
         split_dir=split_dir,
         code=code_version("lorascope.evaluate:evaluate"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
         " --adapter {input.adapter} --split-dir {params.split_dir} --scores {output.scores}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
 
@@ -93,6 +96,6 @@ rule evaluate_zero_shot:
         split_dir=split_dir,
         code=code_version("lorascope.zero_shot:evaluate_zero_shot"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} evaluate-zero-shot --params {params.cfg:q}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate-zero-shot --params {params.cfg:q}"
         " --base {input.base} --split-dir {params.split_dir} --metrics {output.metrics}"
         " --summary {output.summary} 2> {log}"

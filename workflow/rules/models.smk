@@ -11,7 +11,7 @@ rule prepare_base:
         logs("prepare_base/{model}.log"),
     benchmark:
         benchmarks("prepare_base/{model}.tsv")
-    priority: 1
+    priority: 2000
     conda:
         ENV
     threads: 1
@@ -24,5 +24,5 @@ rule prepare_base:
         train_groups=train_groups_arg,
         code=code_version("lorascope.models.stage:prepare_base"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
         " 2> {log}"

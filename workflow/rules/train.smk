@@ -1,5 +1,7 @@
 # LoRA reranker training: one job per {model} x {adapter} (= r<rank>-<targets>), checkpoints at
-# the configured steps. A killed job resumes from its work directory when rerun.
+# the configured steps. A killed job resumes from its work directory when rerun, if the run is
+# the same (settings, base weights, training data, code); `exec` makes the trainer the job's
+# process, so Snakemake's kill reaches it (and it dies with Snakemake, lorascope.cli).
 
 
 rule train_lora:
@@ -12,7 +14,7 @@ rule train_lora:
         logs("train_lora/{model}/{adapter}.log"),
     benchmark:
         benchmarks("train_lora/{model}/{adapter}.tsv")
-    priority: 2
+    priority: train_priority
     conda:
         ENV
     threads: 1
@@ -25,6 +27,6 @@ rule train_lora:
         work=train_work_dir,
         code=code_version("lorascope.training.stage:train_lora"),
     shell:
-        "lorascope --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
+        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
         " --train-groups {input.train_groups} --work-dir {params.work} --out {output}"
-        " 2> {log}"
+        " --code {params.code} 2> {log}"

@@ -280,7 +280,7 @@ def check_schema(path: str | os.PathLike[str], contract: Contract) -> pa.Schema:
         raise ContractError(f"{path}: no such {contract.name} file")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise ContractError(f"{path}: not a readable Parquet file ({err})") from err
     found = [(f.name, f.type) for f in schema]
     wanted = [(f.name, f.type) for f in contract.schema]
@@ -294,17 +294,24 @@ def check_schema(path: str | os.PathLike[str], contract: Contract) -> pa.Schema:
 def read_table(
     path: str | os.PathLike[str], contract: Contract, columns: Iterable[str] | None = None
 ) -> pa.Table:
-    """Read a Parquet artifact after checking it against its contract."""
+    """Read a Parquet artifact after checking it against its contract; any read error (a
+    corrupt page, a truncated file) names the file."""
     check_schema(path, contract)
-    return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (OSError, pa.ArrowException) as err:
+        raise ContractError(f"{path}: cannot read this {contract.name} table ({err})") from err
 
 
 def iter_batches(
     path: str | os.PathLike[str], contract: Contract, batch_size: int = 1024
 ) -> Iterable[pa.RecordBatch]:
-    """Stream a checked Parquet artifact batch by batch."""
+    """Stream a checked Parquet artifact batch by batch; read errors name the file."""
     check_schema(path, contract)
-    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    try:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    except (OSError, pa.ArrowException) as err:
+        raise ContractError(f"{path}: cannot read this {contract.name} table ({err})") from err
 
 
 def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -312,3 +319,22 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     metadata = pq.read_schema(path).metadata or {}
     raw = metadata.get(PROVENANCE_KEY)
     return json.loads(raw) if raw else None
+
+
+def content_digest(path: str | os.PathLike[str], skip_columns: Iterable[str] = ()) -> str:
+    """sha256 of a Parquet table's data: its schema without metadata and its values, without
+    ``skip_columns`` - the same for two files that hold the same table, whatever their
+    provenance or row-group layout. Read errors name the file."""
+    import hashlib
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise ContractError(f"{path}: not a readable Parquet table ({err})") from err
+    skip = set(skip_columns)
+    table = table.replace_schema_metadata(None)
+    table = table.drop_columns([c for c in table.column_names if c in skip]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()

@@ -8,11 +8,20 @@ does not say *which* device each job should use: every job would see every GPU a
   ``""`` unless something already set it.
 * Under a scheduler that assigns devices (SLURM sets ``CUDA_VISIBLE_DEVICES`` for
   ``--gpus``/``--gres`` and confines the job to them), or when ``CUDA_VISIBLE_DEVICES``
-  already names exactly ``n`` devices, the environment is kept as it is.
-* Otherwise the job picks ``n`` free devices from the machine's pool by taking an exclusive
-  ``fcntl.flock`` on one lock file per device, sets ``CUDA_VISIBLE_DEVICES`` to them and keeps
-  the locks for the rest of the process: the kernel releases them when the process ends,
-  however it ends.
+  already names exactly ``n`` devices, those devices are used - and still locked: two jobs
+  told to use the same device wait for each other instead of sharing it. (Under SLURM the
+  lock names the physical devices, ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``.)
+* Otherwise the job picks ``n`` free devices from the machine's pool, sets
+  ``CUDA_VISIBLE_DEVICES`` to them.
+
+A device is taken with an exclusive ``fcntl.flock`` on its lock file, kept for the rest of the
+process: the kernel releases it when the process ends, however it ends. Waiting for a device
+ends after ``LORASCOPE_GPU_TIMEOUT`` seconds when that is set, with an error naming the devices
+and the pids holding them.
+
+The lock directory is private: created with mode 0700, refused when it is not a directory
+owned by this user or is writable by others; lock files are opened without following
+symlinks, must be regular files owned by this user, and are written only once locked.
 
 The pool is ``LORASCOPE_GPU_SLOTS`` when set (a count, ``"4"``, or device ids, ``"0,2,3"``),
 else the devices ``CUDA_VISIBLE_DEVICES`` lists, else the NVIDIA GPUs the driver reports
@@ -41,12 +50,19 @@ log = logging.getLogger(__name__)
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 SLOTS_ENV = "LORASCOPE_GPU_SLOTS"
 LOCK_DIR_ENV = "LORASCOPE_GPU_LOCK_DIR"
+TIMEOUT_ENV = "LORASCOPE_GPU_TIMEOUT"
+#: Where SLURM names the physical GPUs of a job (CUDA_VISIBLE_DEVICES is relative there).
+SLURM_GPUS_ENV = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 #: Environment variables that mean "a batch scheduler placed this process".
 SCHEDULER_ENV = ("SLURM_JOB_ID",)
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 
 # Lock files held by this process: kept referenced so they stay open (and locked) until exit.
 _HELD: list[IO[str]] = []
+
+
+class LockDirError(RuntimeError):
+    """The lock directory or a lock file is not private to this user."""
 
 
 @dataclass(frozen=True)
@@ -126,18 +142,62 @@ def _lock_name(device: str) -> str:
     return "gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"
 
 
+def private_dir(directory: Path) -> Path:
+    """Create ``directory`` (mode 0700) or check an existing one: a real directory, owned by
+    this user, writable by no one else. :class:`LockDirError` otherwise."""
+    import stat
+
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as err:
+        raise LockDirError(f"{directory}: cannot create the GPU lock directory ({err})") from err
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(f"{directory}: the GPU lock directory is not a directory (a link?)")
+    if info.st_uid != os.getuid():
+        raise LockDirError(f"{directory}: the GPU lock directory belongs to uid {info.st_uid}, "
+                           f"not to this user ({os.getuid()}); set {LOCK_DIR_ENV}")
+    if info.st_mode & 0o022:
+        raise LockDirError(f"{directory}: the GPU lock directory is writable by others "
+                           f"(mode {oct(info.st_mode & 0o777)}); chmod 700 it or set "
+                           f"{LOCK_DIR_ENV}")
+    return directory
+
+
 def _try_lock(path: Path) -> IO[str] | None:
-    handle = open(path, "a+")  # noqa: SIM115 - kept open for the process lifetime
+    """Lock ``path`` (created if absent); None when another process holds it."""
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        raise LockDirError(f"{path}: cannot open the lock file without following links "
+                           f"({err})") from err
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        raise LockDirError(f"{path}: not a regular file owned by this user")
+    handle = os.fdopen(fd, "r+")  # noqa: SIM115 - kept open for the process lifetime
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    os.ftruncate(fd, 0)  # ours now: record the holder
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return handle
+
+
+def _holder(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return "?"
+    try:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
 
 
 def _lock_free(pool: Sequence[str], n: int, lock_dir: Path) -> list[tuple[str, IO[str]]]:
@@ -168,8 +228,8 @@ def claim(
         n: GPUs the job declared (the rule's ``gpu`` resource).
         env: the environment to read and update (default ``os.environ``).
         lock_dir: where the per-device lock files live (default :func:`default_lock_dir`).
-        timeout: seconds to wait for free devices (default: wait as long as it takes, logging
-            every minute); then ``TimeoutError``.
+        timeout: seconds to wait for free devices (default: ``LORASCOPE_GPU_TIMEOUT``, else as
+            long as it takes, logging every minute); then ``TimeoutError``.
         poll_seconds: how often to look for a free device while waiting.
 
     Returns:
@@ -179,6 +239,7 @@ def claim(
         ValueError: ``n`` is negative, more than the pool holds, or an environment variable
             is malformed (the message names it).
         TimeoutError: no ``n`` devices were free within ``timeout``.
+        LockDirError: the lock directory or a lock file is not private to this user.
     """
     env = os.environ if env is None else env
     if n < 0:
@@ -186,28 +247,35 @@ def claim(
     if n == 0:
         env.setdefault(VISIBLE, "")
         return DeviceClaim(devices=(), source="none")
+    if timeout is None and env.get(TIMEOUT_ENV, "").strip():
+        try:
+            timeout = float(env[TIMEOUT_ENV])
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV}={env[TIMEOUT_ENV]!r}: expected seconds") from None
 
+    source = None
     if any(env.get(var) for var in SCHEDULER_ENV):
-        devices = tuple(parse_device_list(env.get(VISIBLE, ""), source=VISIBLE))
-        log.info("GPU: %s=%r as the scheduler set it", VISIBLE, env.get(VISIBLE))
-        return DeviceClaim(devices=devices, source="scheduler")
-    if VISIBLE in env and not env.get(SLOTS_ENV, "").strip():
+        source, visible = "scheduler", parse_device_list(env.get(VISIBLE, ""), source=VISIBLE)
+        physical = next((env[v] for v in SLURM_GPUS_ENV if env.get(v, "").strip()), None)
+        pool = parse_device_list(physical, source="SLURM gpus") if physical else visible
+        n = len(pool)
+    elif VISIBLE in env and not env.get(SLOTS_ENV, "").strip():
         visible = parse_device_list(env[VISIBLE], source=VISIBLE)
         if len(visible) == n:
-            log.info("GPU: %s=%r kept", VISIBLE, env[VISIBLE])
-            return DeviceClaim(devices=tuple(visible), source="environment")
-
-    pool, origin = device_pool(env)
+            source, pool = "environment", visible
+    if source is None:
+        pool, origin = device_pool(env)
+        if not pool:
+            log.info("GPU: none found (%s); running without one", origin)
+            return DeviceClaim(devices=(), source="none")
+        if n > len(pool):
+            raise ValueError(
+                f"--gpus {n}: only {len(pool)} GPU(s) available ({origin}: {','.join(pool)})"
+            )
     if not pool:
-        log.info("GPU: none found (%s); running without one", origin)
-        return DeviceClaim(devices=(), source="none")
-    if n > len(pool):
-        raise ValueError(
-            f"--gpus {n}: only {len(pool)} GPU(s) available ({origin}: {','.join(pool)})"
-        )
+        return DeviceClaim(devices=(), source=source or "none")
 
-    directory = Path(lock_dir) if lock_dir is not None else default_lock_dir(env)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(Path(lock_dir) if lock_dir is not None else default_lock_dir(env))
     start = time.monotonic()
     next_note = start + 60.0
     while True:
@@ -216,8 +284,10 @@ def claim(
             break
         now = time.monotonic()
         if timeout is not None and now - start >= timeout:
+            holders = ", ".join(f"{d} (pid {_holder(directory / _lock_name(d))})" for d in pool)
             raise TimeoutError(
-                f"no {n} free GPU(s) of {','.join(pool)} within {timeout:g} s (locks in {directory})"
+                f"no {n} free GPU(s) of {','.join(pool)} within {timeout:g} s; held by: "
+                f"{holders} (locks in {directory}; {TIMEOUT_ENV} sets the wait)"
             )
         if now >= next_note:
             log.info(
@@ -232,12 +302,13 @@ def claim(
     devices = tuple(device for device, _ in taken)
     handles = tuple(handle for _, handle in taken)
     _HELD.extend(handles)
+    lock_paths = tuple(directory / _lock_name(d) for d in devices)
+    if source is not None:  # used as given (relative ids under SLURM), locked all the same
+        log.info("GPU: %s=%r as the %s set it (locked in %s)", VISIBLE, env.get(VISIBLE),
+                 source, directory)
+        return DeviceClaim(devices=tuple(visible), source=source, lock_paths=lock_paths,
+                           _handles=handles)
     env[VISIBLE] = ",".join(devices)
     env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # ids as nvidia-smi numbers them
     log.info("GPU: %s=%s (locked in %s)", VISIBLE, env[VISIBLE], directory)
-    return DeviceClaim(
-        devices=devices,
-        source="lock",
-        lock_paths=tuple(directory / _lock_name(d) for d in devices),
-        _handles=handles,
-    )
+    return DeviceClaim(devices=devices, source="lock", lock_paths=lock_paths, _handles=handles)

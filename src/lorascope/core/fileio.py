@@ -41,8 +41,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write a JSON file atomically (sorted keys, indented)."""
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Write a JSON file atomically (sorted keys, indented). NaN and infinities are refused
+    (they are not JSON): a ValueError naming the file instead of a bare ``NaN``."""
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: a value to write is not a finite number ({err}); "
+                         "refusing to write NaN or infinity into JSON") from err
+    write_text(path, text + "\n")
 
 
 @contextmanager

@@ -56,7 +56,7 @@ class ScoringSettings:
         unknown = sorted(set(raw) - set(SCORING_KEYS))
         if unknown:
             raise ValueError(f"{stage} params: unknown keys {[f'scoring.{k}' for k in unknown]}; "
-                             f"known: scoring.{list(SCORING_KEYS)}")
+                             f"known: {', '.join(f'scoring.{k}' for k in SCORING_KEYS)}")
         settings = cls(
             batch_tokens=int(raw.get("batch_tokens", cls.batch_tokens)),
             max_length=int(raw.get("max_length", cls.max_length)),

@@ -8,6 +8,7 @@ alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,11 +50,17 @@ def prepare_split(params: Mapping[str, Any], out_dir: str | Path) -> dict[str, i
     if split["queries"] is not None:
         qids = select_queries(module.query_ids(split["dataset"]), split["queries"], seed)
     queries, candidates, qrels = module.rerank_split(split["dataset"], depth=split["depth"], qids=qids)
-    counts = write_split(
-        Path(out_dir), queries, candidates, qrels, provenance.record("prepare_split", params)
-    )
-    if counts["queries"] == 0 or counts["candidates"] == 0:
-        raise ValueError(f"split {split} has no queries or candidates: {counts}")
+    tables = {"queries": queries, "candidates": candidates, "qrels": qrels}
+    for name, given in list(tables.items()):  # refuse an empty split before writing any of it
+        rows = iter(given)
+        first = next(rows, None)
+        if first is None:
+            what = "judgements (qrels)" if name == "qrels" else name
+            raise ValueError(f"split {split['source']}:{split['dataset']} (depth "
+                             f"{split['depth']}) has no {what}; nothing written")
+        tables[name] = itertools.chain([first], rows)
+    counts = write_split(Path(out_dir), tables["queries"], tables["candidates"], tables["qrels"],
+                         provenance.record("prepare_split", params))
     log.info("split %s: %s", split["dataset"], counts)
     return counts
 
@@ -61,8 +68,6 @@ def prepare_split(params: Mapping[str, Any], out_dir: str | Path) -> dict[str, i
 def prepare_train(params: Mapping[str, Any], out_path: str | Path) -> int:
     """Write the training groups of every training collection (in config order), leaving out
     the queries held out of each for validation."""
-    import itertools
-
     train, seed = params["train"], params["seed"]
     datasets = train["dataset"] if isinstance(train["dataset"], list) else [train["dataset"]]
     held = params["holdout_queries"]

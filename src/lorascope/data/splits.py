@@ -24,14 +24,32 @@ def split_paths(out_dir: str | Path) -> dict[str, Path]:
     return {name: Path(out_dir) / f"{name}.parquet" for name in SPLIT_FILES}
 
 
+class EmptySplitError(ValueError):
+    """A split table without rows: nothing to rank or nothing to judge a ranking by."""
+
+
+def check_not_empty(table: pa.Table, path: Path, what: str) -> pa.Table:
+    """``table``, or :class:`EmptySplitError` naming ``path`` when it has no rows."""
+    if table.num_rows == 0:
+        raise EmptySplitError(f"{path}: no {what}; a split needs queries, their first-stage "
+                              "candidates and relevance judgements (qrels) to be evaluated")
+    return table
+
+
 def read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str, str]], pa.Table]:
-    """Queries, candidates ``(qid, docid, text)`` in (qid, rank) order, and qrels."""
+    """Queries, candidates ``(qid, docid, text)`` in (qid, rank) order, and qrels.
+
+    Raises:
+        EmptySplitError: a table has no rows (naming its file).
+    """
     paths = split_paths(Path(split_dir))
-    q = read_table(paths["queries"], QUERIES)
+    q = check_not_empty(read_table(paths["queries"], QUERIES), paths["queries"], "queries")
     queries = dict(zip(q.column("qid").to_pylist(), q.column("query").to_pylist()))
-    c = read_table(paths["candidates"], CANDIDATES, columns=["qid", "docid", "rank", "text"])
+    c = check_not_empty(read_table(paths["candidates"], CANDIDATES,
+                                   columns=["qid", "docid", "rank", "text"]),
+                        paths["candidates"], "candidates")
     rows = sorted(zip(c.column("qid").to_pylist(), c.column("rank").to_pylist(),
                       c.column("docid").to_pylist(), c.column("text").to_pylist()))
     candidates = [(qid, docid, text) for qid, _, docid, text in rows]
-    qrels = read_table(paths["qrels"], QRELS)
+    qrels = check_not_empty(read_table(paths["qrels"], QRELS), paths["qrels"], "judgements")
     return queries, candidates, qrels

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
 
 
 def load_adapted(
-    base_dir: str | Path, adapter_dir: str | Path, *, dtype: str = "float32", device: str = "cpu"
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attention: str | None = None,
 ) -> tuple[torch.nn.Module, Any, ArchitectureRoles]:
     """The base reranker with the adapter (LoRA layers and trained head) loaded, eval mode.
 
@@ -28,7 +33,8 @@ def load_adapted(
     from lorascope.models.reranker import load_reranker
 
     torch.manual_seed(0)  # the head load_reranker initialises is replaced by the trained one
-    base, tokenizer, arch = load_reranker(base_dir, dtype=dtype, device=device)
+    base, tokenizer, arch = load_reranker(base_dir, dtype=dtype, device=device,
+                                          attention=attention)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     model.to(device)
     model.eval()

@@ -180,7 +180,12 @@ def prepare_base(
 def read_manifest(base_dir: str | Path) -> dict[str, Any] | None:
     """The ``base_manifest.json`` of a prepared base directory, if it has one."""
     path = Path(base_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BaseModelError(f"{path}: not a readable base manifest ({err})") from err
 
 
 # --------------------------------------------------------------------------- sources
@@ -254,15 +259,59 @@ def _weight_files(path: Path) -> list[Path]:
     )
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A model directory's ``config.json``; :class:`BaseModelError` naming the file when it is
+    missing or not a JSON object."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise BaseModelError(f"{path} is not a Hugging Face model directory: no config.json")
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BaseModelError(f"{file}: not a readable JSON model config ({err})") from err
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise BaseModelError(f"{file}: not a model config (no model_type)")
+    return config
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file is whole: its header parses and the file is as long as the header's
+    tensors say. :class:`BaseModelError` naming the file otherwise (a truncated download)."""
+    import struct
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise BaseModelError(f"{file}: truncated safetensors file ({size} bytes)")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100_000_000):
+                raise BaseModelError(f"{file}: not a safetensors file (header of {length} bytes "
+                                     f"in a {size}-byte file)")
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BaseModelError(f"{file}: unreadable safetensors header ({err})") from err
+    end = max((info["data_offsets"][1] for key, info in header.items()
+               if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info),
+              default=0)
+    if 8 + length + end != size:
+        raise BaseModelError(f"{file}: truncated or padded safetensors file: the header describes "
+                             f"{8 + length + end} bytes, the file has {size}")
+
+
 def _check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise BaseModelError(f"model directory {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise BaseModelError(f"{path} is not a Hugging Face model directory: no config.json")
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in _weight_files(path)):
+    read_config(path)
+    weights = _weight_files(path)
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in weights):
         raise BaseModelError(
             f"{path} has no weight files (*.safetensors or *.bin) next to its config.json"
         )
+    for file in weights:
+        if file.suffix == ".safetensors":
+            check_safetensors(file)
 
 
 def _link_directory(source: Path, dest: Path, *, copy: bool) -> None:
@@ -376,10 +425,19 @@ def _prepare_tiny(
 # --------------------------------------------------------------------------- manifest
 
 
+def weights_digest(base_dir: str | Path) -> dict[str, str]:
+    """``{weights file: sha256}`` of a base model: its manifest's record (prepared bases), or
+    computed from the files (any Hugging Face directory)."""
+    manifest = read_manifest(base_dir)
+    if manifest is not None and manifest.get("weights_sha256"):
+        return dict(manifest["weights_sha256"])
+    return {p.name: fileio.sha256_file(p) for p in _weight_files(Path(base_dir))}
+
+
 def _manifest(
     spec: BaseModelSpec, model_dir: Path, source: dict[str, Any], extra: dict[str, Any]
 ) -> dict[str, Any]:
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     arch = roles_for(config["model_type"])
     weights = {p.name: fileio.sha256_file(p) for p in _weight_files(model_dir)}
     parameters = extra.pop("parameters", None)

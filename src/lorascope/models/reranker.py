@@ -59,6 +59,7 @@ def load_reranker(
     device: str = "cpu",
     quantize_4bit: bool = False,
     attention: str | None = None,
+    dropout: float | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ArchitectureRoles]:
     """Load a prepared base directory as a one-output sequence classifier.
 
@@ -73,6 +74,8 @@ def load_reranker(
         quantize_4bit: load the base weights as 4-bit NF4 through bitsandbytes (CUDA only).
         attention: transformers' ``attn_implementation`` (``eager``, ``sdpa``); None: its
             default.
+        dropout: every dropout probability of the model's config (hidden, attention,
+            classifier) set to this (it only acts in training); None: the model's own.
 
     Returns:
         ``(model, tokenizer, arch)`` with ``model.config.pad_token_id`` set to the tokenizer's
@@ -85,28 +88,42 @@ def load_reranker(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
     base_dir = Path(base_dir)
-    config = AutoConfig.from_pretrained(base_dir)
-    arch = roles_for(config.model_type)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     fix_pad_token(tokenizer)
     # Right padding everywhere: decoder position ids then do not depend on the other pairs
     # of a batch, so training and scoring see each pair the same way.
     tokenizer.padding_side = "right"
-    kwargs: dict[str, Any] = {
-        "num_labels": 1,
-        "dtype": torch_dtype,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    config = AutoConfig.from_pretrained(base_dir, num_labels=1,
+                                        pad_token_id=tokenizer.pad_token_id)
+    arch = roles_for(config.model_type)
+    if dropout is not None:
+        set_dropout(config, dropout)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attention is not None:
         kwargs["attn_implementation"] = attention
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs(device, torch_dtype))
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if not quantize_4bit:
         model.to(device)
     model.eval()
     return model, tokenizer, arch
+
+
+def set_dropout(config: Any, probability: float) -> list[str]:
+    """Set every dropout probability of a transformers config (``hidden_dropout_prob``,
+    ``attention_probs_dropout_prob``, ``classifier_dropout``, ``attention_dropout``,
+    ``hidden_dropout``, ...: the float fields whose name says dropout); returns their names."""
+    names = [name for name, value in vars(config).items()
+             if ("dropout" in name or name.endswith("_pdrop"))
+             and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    for name in names:
+        setattr(config, name, probability)
+    if getattr(config, "classifier_dropout", 0) is None:  # None: "the hidden dropout"
+        config.classifier_dropout = probability
+        names.append("classifier_dropout")
+    return sorted(names)
 
 
 def _four_bit_kwargs(device: str, compute_dtype: torch.dtype) -> dict[str, Any]:

@@ -12,9 +12,23 @@ from lorascope.report.model import (
 )
 
 
+def md_text(text: str) -> str:
+    """Text from the study (labels, notes, captions) safe in Markdown: ``<`` and ``>`` as
+    entities outside code spans (inside backticks they show literally already), so no HTML
+    from a config or a summary reaches a Markdown viewer as HTML."""
+    import re
+
+    parts = re.split(r"(`[^`]*`)", str(text))
+    return "".join(
+        part if part.startswith("`") and part.endswith("`") and len(part) > 1
+        else part.replace("<", "&lt;").replace(">", "&gt;")
+        for part in parts
+    )
+
+
 def _esc(text: str) -> str:
-    """Escape what would break a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Escape what would break a Markdown table cell (and any HTML, :func:`md_text`)."""
+    return md_text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _group(label: str, mechanics: bool) -> str:
@@ -38,7 +52,7 @@ def header_cells(table: Table) -> list[str]:
 
 
 def table_markdown(table: Table, decimals: int) -> str:
-    lines = [f"### {table.title}", "", table.caption, ""]
+    lines = [f"### {md_text(table.title)}", "", md_text(table.caption), ""]
     head = header_cells(table)
     lines.append("| " + " | ".join(_esc(h) for h in head) + " |")
     lines.append("|" + "|".join([":---"] + [":---" if c.fmt == "text" else "---:"
@@ -51,40 +65,41 @@ def table_markdown(table: Table, decimals: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for note in table.notes:
-        lines.append(f"- {note}")
+        lines.append(f"- {md_text(note)}")
     for source in table.sources:
-        lines.append(f"- Source: {source}")
+        lines.append(f"- Source: {md_text(source)}")
     lines.append("")
     return "\n".join(lines)
 
 
 def figure_markdown(figure: Figure) -> str:
     return "\n".join(
-        [f"#### {figure.title}", "", f"![{figure.title}](figures/{figure.key}.png)", "",
-         f"*{figure.caption}*", ""]
+        [f"#### {md_text(figure.title)}", "",
+         f"![{md_text(figure.title)}](figures/{figure.key}.png)", "",
+         f"*{md_text(figure.caption)}*", ""]
     )
 
 
 def render_markdown(doc: Document) -> str:
-    lines = [f"# {doc.title}", "", f"*{doc.subtitle}*", ""]
+    lines = [f"# {md_text(doc.title)}", "", f"*{md_text(doc.subtitle)}*", ""]
     for note in doc.notes:
-        lines += [f"> {note}", ""]
+        lines += [f"> {md_text(note)}", ""]
     lines += ["Contents: " + " · ".join(
-        [s.title for s in doc.sections] + ["Provenance"]), ""]
+        [md_text(s.title) for s in doc.sections] + ["Provenance"]), ""]
     for section in doc.sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {md_text(section.title)}", ""]
         for item in section.items:
             if isinstance(item, Table):
                 lines.append(table_markdown(item, doc.decimals))
             elif isinstance(item, Figure):
                 lines.append(figure_markdown(item))
             elif isinstance(item, Omitted):
-                lines += [item.note, ""]
+                lines += [md_text(item.note), ""]
             else:
-                lines += [str(item), ""]
+                lines += [md_text(str(item)), ""]
     lines += ["## Provenance", ""]
     for heading, pairs in doc.provenance:
-        lines += [f"### {heading}", "", "| | |", "|:---|:---|"]
+        lines += [f"### {md_text(heading)}", "", "| | |", "|:---|:---|"]
         lines += [f"| {_esc(k)} | {_esc(v)} |" for k, v in pairs]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

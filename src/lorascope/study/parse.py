@@ -85,7 +85,9 @@ def _parse_adapters(
                 f"adapter, which a 4-bit base cannot hold exactly; set {key}.quantize_4bit: "
                 "false or choose another variant"
             )
-        adapters.extend(Adapter(r, targets, targets_name, variant, in_name) for r in group["ranks"])
+        curves = bool(group.get("curves", True))
+        adapters.extend(Adapter(r, targets, targets_name, variant, in_name, curves)
+                        for r in group["ranks"])
     names = [a.name for a in adapters]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -128,6 +130,8 @@ def _parse_training(raw: Mapping[str, Any], key: str) -> Training:
         micro_batch_queries=raw["micro_batch_queries"],
         group_size=raw["group_size"],
         max_length=raw["max_length"],
+        batch_tokens=raw["batch_tokens"],
+        base_dropout=raw["base_dropout"],
         weight_decay=float(raw["weight_decay"]),
         precision=raw["precision"],
         gradient_checkpointing=raw["gradient_checkpointing"],
@@ -414,15 +418,63 @@ def _parse_analyses(raw: Mapping[str, Any], study: Study) -> dict[str, Any]:
     return parsed
 
 
-def load_study_file(path: str | Path) -> Study:
-    """Read a YAML study config file and parse it; errors name the file."""
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML's default is
+    that the last one wins, silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    # Keys written in this mapping, not those a merge key (`<<: *anchor`) brings in: a key
+    # written beside a merge overrides the merged one, as YAML intends.
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+
+#: Snakemake's YTE templating key: a config asking for it runs Python expressions.
+YTE_KEY = "__use_yte__"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A study config file as a dict: safe YAML, no duplicate keys, no templating.
+
+    Raises:
+        ConfigError: naming the file (and line) - unreadable YAML, a duplicate key, not a
+            mapping, or a YTE template (``__use_yte__``: Snakemake would evaluate its
+            expressions, i.e. run code, before lorascope sees the config).
+    """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        with path.open(encoding="utf-8") as stream:  # marks in errors name the file
+            raw = yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read study config ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study config must be a mapping, got {type(raw).__name__}")
+    if YTE_KEY in raw:
+        raise ConfigError(
+            f"{path}: asks for YTE templating ({YTE_KEY}), which evaluates Python expressions; "
+            "lorascope configs are plain YAML (write the values out)"
+        )
+    return raw
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Read a YAML study config file and parse it; errors name the file."""
+    path = Path(path)
+    raw = read_config_file(path)
     try:
         return load_study(raw, path.parent)
     except ConfigError as err:

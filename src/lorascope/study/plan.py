@@ -8,9 +8,10 @@ ablation specs are checked against it before any job starts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lorascope.core.names import CHECKPOINTS
 from lorascope.core.packages import package_dir
@@ -35,7 +36,12 @@ class EvalJob:
 def _config_shape(config_json: Path) -> Shape | None:
     if not config_json.is_file():
         return None
-    cfg = json.loads(config_json.read_text())
+    try:
+        cfg = json.loads(config_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{config_json}: not a readable JSON model config ({err})") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{config_json}: not a model config (a JSON object is expected)")
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
     if "model_type" not in cfg or layers is None:
         return None
@@ -93,10 +99,13 @@ class CurveJob:
 
 def curve_jobs(study: Study) -> Iterator[CurveJob]:
     """The checkpoint curves: every checkpoint on ``evaluation.splits``, the last one on
-    ``evaluation.final_splits``; one job per run and split."""
+    ``evaluation.final_splits``; one job per run and split (adapters with ``curves: false``
+    have none)."""
     for model in study.models.values():
         steps = tuple(model.training.steps)
         for adapter in model.training.adapters:
+            if not adapter.curves:
+                continue
             for split in study.evaluation.splits:
                 yield CurveJob(model.name, adapter.name, split, steps)
             for split in study.evaluation.final_splits:
@@ -141,13 +150,16 @@ def adapter_of(model: Model, name: str):
 
 def check_plan(study: Study) -> None:
     """Checks that need each model's shape: ablation specs and adapter target roles."""
-    from lorascope.core.ablation import AblationError, resolve_sweep
+    from lorascope.core.ablation import AblationError
     from lorascope.core.roles import UnknownRole, UnsupportedArchitecture, resolve_targets, roles_for
 
     if CHECKPOINTS in study.sweeps:
         raise ConfigError(f"config key 'sweeps.{CHECKPOINTS}': the name is reserved (checkpoint curves)")
     for model in study.models.values():
-        shape = model_shape(model)
+        try:
+            shape = model_shape(model)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'models.{model.name}': {err}") from err
         if shape is None:
             continue
         try:
@@ -164,24 +176,37 @@ def check_plan(study: Study) -> None:
                 ) from err
         for sweep in study.sweeps.values():
             for adapter in sweep_applies(sweep, model):
-                trained = {
-                    (layer, role)
-                    for layer in range(shape.num_layers)
-                    for role in trained_roles[adapter]
-                }
                 try:
-                    resolve_sweep(
-                        sweep.name,
-                        sweep.spec(),
-                        num_layers=shape.num_layers,
-                        arch_roles=arch,
-                        trained=trained,
-                        rank=stored_rank(adapter_of(model, adapter)),
-                    )
+                    _resolve(sweep, model, adapter, shape, arch, trained_roles[adapter])
                 except AblationError as err:
                     raise ConfigError(
                         f"config key {err} [model {model.name}, adapter {adapter}]"
                     ) from err
+
+
+def _resolve(sweep: Sweep, model: Model, adapter: str, shape: Shape, arch: Any,
+             roles: Sequence[str]) -> list[Any]:
+    """The ablations of ``sweep`` for one adapter of ``model`` (trained on ``roles``)."""
+    from lorascope.core.ablation import resolve_sweep
+
+    trained = {(layer, role) for layer in range(shape.num_layers) for role in roles}
+    return resolve_sweep(sweep.name, sweep.spec(), num_layers=shape.num_layers, arch_roles=arch,
+                         trained=trained, rank=stored_rank(adapter_of(model, adapter)))
+
+
+def sweep_size(study: Study, model: str, adapter: str, sweep: str) -> int:
+    """How many scoring passes one ``evaluate`` job makes (``full`` included): its expected
+    cost, which the workflow turns into a scheduling priority (longest jobs first). 1 when the
+    model's shape is not known before it is prepared."""
+    from lorascope.core.roles import resolve_targets, roles_for
+
+    m = study.models[model]
+    shape = model_shape(m)
+    if shape is None:
+        return 1
+    arch = roles_for(shape.model_type)
+    roles = resolve_targets(arch, adapter_of(m, adapter).targets)
+    return len(_resolve(study.sweeps[sweep], m, adapter, shape, arch, roles))
 
 
 def adapter_fields(study: Study, model: str, adapter: str) -> dict[str, object]:

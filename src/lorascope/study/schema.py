@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -103,14 +104,50 @@ def _property_names(node: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and validated against the schema; raises :class:`ConfigError`."""
+def _non_finite(value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The key path of the first NaN or infinity in a config (None: there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+@cache
+def _validator_class() -> Any:
+    """Draft 2020-12 with a strict ``integer``: ``1e9`` or ``2.0`` (floats in YAML) are not
+    integers here, so counts and sizes never arrive as floats."""
     import jsonschema
 
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and validated against the schema; raises :class:`ConfigError`.
+
+    Beyond the schema: no NaN or infinity anywhere (``lr: .nan`` is no learning rate), and
+    integers are integers (``queries: 1e9`` is a float in YAML, refused)."""
+    import jsonschema
+
+    bad = _non_finite(raw)
+    if bad is not None:
+        raise ConfigError(f"invalid study config:\n  config key '{_key(list(bad))}': "
+                          "not a finite number (NaN or infinity)")
     config = copy.deepcopy(dict(raw))
     root = schema()
     _fill_defaults(root, config, root)
-    validator = jsonschema.Draft202012Validator(root)
+    validator = _validator_class()(root)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         best = jsonschema.exceptions.best_match(errors)

@@ -77,6 +77,8 @@ def train(study: Study, model: str, adapter: str) -> dict[str, Any]:
             "micro_batch_queries": t.micro_batch_queries,
             "group_size": t.group_size,
             "max_length": t.max_length,
+            "batch_tokens": t.batch_tokens,
+            "base_dropout": t.base_dropout,
             "weight_decay": t.weight_decay,
             "precision": t.precision,
             "gradient_checkpointing": t.gradient_checkpointing,
@@ -195,15 +197,16 @@ def _label(name: str) -> str:
     return PAPER_LABELS.get(name, name.replace("_", " "))
 
 
-def _first_adapter(study: Study, preferred: str) -> str:
-    names = [a.name for m in study.models.values() for a in m.training.adapters]
+def _first_adapter(study: Study, preferred: str, *, curves: bool = False) -> str:
+    adapters = [a for m in study.models.values() for a in m.training.adapters]
+    names = [a.name for a in adapters if a.curves or not curves] or [a.name for a in adapters]
     return preferred if preferred in names else names[0]
 
 
 def table1_adapter(study: Study) -> str:
     """The adapter of Table 1's checkpoint curves (``report.table1_adapter``, else r8-all if
-    trained, else the first)."""
-    return _first_adapter(study, study.raw["report"]["table1_adapter"] or "r8-all")
+    trained with curves, else the first with curves)."""
+    return _first_adapter(study, study.raw["report"]["table1_adapter"] or "r8-all", curves=True)
 
 
 def _table(study: Study, raw: dict[str, Any], default_sweeps: list[str], full_label: str, full_first: bool):

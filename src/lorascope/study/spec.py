@@ -81,6 +81,9 @@ class Adapter:
         variant_in_name: the variant was given on the adapter itself, so the name carries it:
             ``r<rank>-<targets>-<variant>`` (``r8-all-dora_rslora``); adapters following the
             booleans keep the name ``r<rank>-<targets>``.
+        curves: its checkpoints are evaluated on ``evaluation.splits`` and
+            ``final_splits`` (the checkpoint curves); ``False``: only where a sweep or an
+            analysis reads them. Not part of the run: the trained adapter is the same.
     """
 
     rank: int
@@ -88,6 +91,7 @@ class Adapter:
     targets_name: str
     variant: tuple[str, ...] = ()
     variant_in_name: bool = False
+    curves: bool = True
 
     @property
     def name(self) -> str:
@@ -123,6 +127,8 @@ class Training:
     micro_batch_queries: int
     group_size: int | None
     max_length: int
+    batch_tokens: int | None
+    base_dropout: float | None
     weight_decay: float
     precision: str
     gradient_checkpointing: bool | str

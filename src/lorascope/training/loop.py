@@ -55,6 +55,25 @@ log = logging.getLogger(__name__)
 LOG_FILE = TRAIN_LOG
 LOG_COLUMNS = ("step", "loss", "lr", "pairs_per_s", "elapsed_s")
 SUMMARY_FILE = "training.json"
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def fingerprint(
+    base_dir: str | Path, train_groups_path: str | Path, settings: TrainSettings,
+    code: str | None,
+) -> dict[str, Any]:
+    """Everything that shapes a training run: its settings, the base weights' sha256, the
+    training groups' content digest (provenance left out) and the code version of the stage
+    (``None``: not given, e.g. called from Python)."""
+    from lorascope.core.contracts import content_digest
+    from lorascope.models.base import weights_digest
+
+    return {
+        "settings": settings.to_dict(),
+        "base_weights_sha256": weights_digest(base_dir),
+        "train_groups": content_digest(train_groups_path),
+        "code": code,
+    }
 
 
 def train(
@@ -65,8 +84,14 @@ def train(
     progress: bool = True,
     *,
     stop_after: int | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA reranker and save adapters at the configured steps.
+
+    The run holds ``out_dir`` exclusively (:class:`~lorascope.training.state.WorkDirLock`).
+    A saved state of the same run (same :func:`fingerprint`) is resumed; the state of any
+    other run - other settings, base weights, training data or code - is discarded, with a
+    warning naming what differs, and the run starts afresh.
 
     Args:
         base_dir: a prepared base model directory.
@@ -76,33 +101,57 @@ def train(
         progress: show a tqdm bar.
         stop_after: stop once this step is done (for tests and time-boxed jobs); the run
             resumes from its last checkpoint when started again.
+        code: the stage's code version (the rule's ``params.code``), part of the fingerprint.
 
     Returns:
         A summary: steps done, whether the run is complete, last loss, elapsed seconds.
-    """
-    import torch
 
+    Raises:
+        WorkDirBusy: another trainer holds ``out_dir``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with train_state.WorkDirLock(out_dir):
+        return _train(base_dir, train_groups_path, settings, out_dir, progress,
+                      stop_after=stop_after, code=code)
+
+
+def _train(
+    base_dir: str | Path,
+    train_groups_path: str | Path,
+    settings: TrainSettings,
+    out_dir: Path,
+    progress: bool,
+    *,
+    stop_after: int | None,
+    code: str | None,
+) -> dict[str, Any]:
+    import torch
+
     runtime = resolve_runtime(settings)
     groups = load_groups(train_groups_path, settings.group_size)
     group_size = len(groups[0].passages)
+    run = fingerprint(base_dir, train_groups_path, settings, code)
     saved = train_state.state_dir(out_dir)
     resumed = train_state.load_progress(saved) if saved is not None else None
-    if resumed is not None and resumed.settings != settings.to_dict():
-        raise ValueError(
-            f"{out_dir} holds the state of a run with other settings; remove {out_dir} "
-            "or train into another directory"
-        )
+    if resumed is not None and resumed.fingerprint != run:
+        differ = sorted(k for k in set(run) | set(resumed.fingerprint)
+                        if run.get(k) != resumed.fingerprint.get(k))
+        log.warning("%s holds the state of another run (it differs in: %s); discarding it and "
+                    "training afresh", out_dir, ", ".join(differ))
+        _discard_run(out_dir)
+        saved = resumed = None
     if resumed is not None and resumed.step >= settings.total_steps:
         log.info("%s: training already complete (%d steps)", out_dir, resumed.step)
         summary = _summary(resumed.step, settings, resumed.log_rows, resumed.elapsed_s)
         if not (out_dir / SUMMARY_FILE).is_file():
             fileio.write_json(
                 out_dir / SUMMARY_FILE,
-                _provenance(base_dir, train_groups_path, settings, runtime, summary),
+                _provenance(base_dir, train_groups_path, settings, runtime, summary, run),
             )
         return summary
+    if resumed is None:
+        _discard_run(out_dir)  # checkpoints of a run whose state never got written
     _remove_partial_writes(out_dir)
 
     order = GroupOrder(len(groups), settings.seed)
@@ -155,13 +204,11 @@ def train(
                 if step in checkpoints:
                     probe = loop.probe_scores()
                     _save_checkpoint(model, out_dir, step, settings, base_dir, probe,
-                                     describe(runtime.precision))
+                                     describe(runtime.precision), run)
                     _write_log(out_dir, rows)
                     train_state.save_state(
                         out_dir,
-                        train_state.Progress(
-                            step, position, elapsed, tuple(rows), settings.to_dict()
-                        ),
+                        train_state.Progress(step, position, elapsed, tuple(rows), run),
                         trainable,
                         optimizer,
                         scheduler,
@@ -172,7 +219,7 @@ def train(
     if summary["complete"]:
         fileio.write_json(
             out_dir / SUMMARY_FILE,
-            _provenance(base_dir, train_groups_path, settings, runtime, summary),
+            _provenance(base_dir, train_groups_path, settings, runtime, summary, run),
         )
     log.info(
         "trained %d/%d steps in %.1fs (last loss %.4f)",
@@ -201,6 +248,7 @@ def _build_model(
         dtype=runtime.precision.dtype,
         quantize_4bit=settings.quantize_4bit,
         attention=runtime.attention,
+        dropout=settings.base_dropout,
     )
     target_roles = roles.resolve_targets(arch, settings.targets)
     modules = roles.target_modules(arch, target_roles, num_layers=roles.num_layers(model.config))
@@ -319,11 +367,41 @@ class _Loop:
             self.model.train(was_training)
         return {"query": group.query, "passages": list(group.passages), "scores": scores}
 
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scores (float32, pair order) of an encoded micro-batch, with gradients.
+
+        With ``settings.batch_tokens`` the pairs go through the model in length-sorted
+        sub-batches of at most that many padded tokens, each cut to its longest pair (inputs
+        are right-padded), and the scores are put back in pair order: the same loss with far
+        less padding (measured on MiniLM, 196-token pairs: padded/real 1.75 -> 1.14, a step
+        1.6x faster on a CPU).
+        """
+        import torch
+
+        from lorascope.core.batches import plan_batches
+        from lorascope.models.reranker import score_logits
+
+        device = self.runtime.device
+        budget = self.settings.batch_tokens
+        lengths = batch["attention_mask"].sum(1).tolist()
+        plan = [list(range(len(lengths)))] if budget is None else plan_batches(lengths, budget)
+        parts = []
+        for rows in plan:
+            width = max(lengths[i] for i in rows)
+            index = torch.tensor(rows)
+            sub = {k: v[index, :width].to(device) for k, v in batch.items()}
+            with self.runtime.autocast():
+                parts.append(score_logits(self.model(**sub).logits).float())
+        if len(plan) == 1 and plan[0] == sorted(plan[0]):
+            return parts[0]
+        order = torch.tensor([i for rows in plan for i in rows], device=parts[0].device)
+        return torch.cat(parts)[torch.argsort(order)]
+
     def step(self, indices: Sequence[int], optimizer: torch.optim.Optimizer) -> float:
         import torch
         import torch.nn.functional as F
 
-        from lorascope.models.reranker import encode_pairs, score_logits
+        from lorascope.models.reranker import encode_pairs
 
         settings, total = self.settings, len(indices)
         loss_sum = 0.0
@@ -332,10 +410,7 @@ class _Loop:
             queries = [g.query for g in chunk for _ in g.passages]
             passages = [p for g in chunk for p in g.passages]
             batch = encode_pairs(self.tokenizer, self.arch, queries, passages, settings.max_length)
-            batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            with self.runtime.autocast():
-                logits = self.model(**batch).logits
-            scores = score_logits(logits).float().view(len(chunk), self.group_size)
+            scores = self._forward(batch).view(len(chunk), self.group_size)
             target = torch.zeros(len(chunk), dtype=torch.long, device=scores.device)
             loss = F.cross_entropy(scores, target, reduction="sum") / total
             loss.backward()
@@ -415,14 +490,27 @@ def _save_checkpoint(
     base_dir: str | Path,
     probe: dict[str, Any],
     precision: dict[str, Any],
+    run: dict[str, Any],
 ) -> None:
     with fileio.atomic_dir(checkpoint_dir(out_dir, step)) as tmp:
         model.save_pretrained(tmp)
         fileio.write_json(
-            tmp / "checkpoint.json",
+            tmp / CHECKPOINT_FILE,
             {"step": step, "base_dir": str(base_dir), "settings": settings.to_dict(),
-             "precision": precision, "probe": probe},
+             "fingerprint": run, "precision": precision, "probe": probe},
         )
+
+
+def _discard_run(out_dir: Path) -> None:
+    """Remove what a run left in ``out_dir``: checkpoints, the initial adapter, the state, the
+    loss log and the summary (the lock file stays: this trainer holds it)."""
+    for path in out_dir.iterdir():
+        if path.name == train_state.LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _remove_partial_writes(out_dir: Path) -> None:
@@ -470,6 +558,7 @@ def _provenance(
     settings: TrainSettings,
     runtime: Runtime,
     summary: dict[str, Any],
+    run: dict[str, Any],
 ) -> dict[str, Any]:
     from lorascope.models.base import read_manifest
     from lorascope.core.packages import package_version
@@ -484,6 +573,7 @@ def _provenance(
         "base_weights_sha256": base.get("weights_sha256"),
         "train_groups": str(groups_path),
         "train_groups_sha256": fileio.sha256_file(groups_path),
+        "fingerprint": run,
         "summary": summary,
         "versions": versions,
     }

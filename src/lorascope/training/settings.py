@@ -37,6 +37,12 @@ class TrainSettings:
         group_size: passages per group (positive + first ``group_size - 1`` negatives);
             ``None`` = all the data has.
         max_length: tokens per (query, passage) input.
+        batch_tokens: the pairs of a micro-batch go through the model in length-sorted
+            sub-batches of at most this many padded tokens (``None``: all at once, padded to
+            the longest); the loss is the same, the padding far less.
+        base_dropout: the dropout probability of the frozen base model during training
+            (``None``: the model's own, e.g. 0.1 for BERT, 0 for LLaMA); LoRA's own dropout
+            is ``dropout``.
         seed: seeds the head and LoRA initialisation, dropout and the data order.
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the hardware computes it
             natively: a GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16); bf16 = bf16 base
@@ -64,6 +70,8 @@ class TrainSettings:
     micro_batch_queries: int = 16
     group_size: int | None = None
     max_length: int = MAX_LENGTH
+    batch_tokens: int | None = None
+    base_dropout: float | None = None
     seed: int = 0
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"
@@ -87,6 +95,10 @@ class TrainSettings:
             raise ValueError(f"decay_steps {self.decay_steps} ends before step {steps[-1]}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.base_dropout is not None and not 0 <= self.base_dropout < 1:
+            raise ValueError(f"base_dropout must be in [0, 1), got {self.base_dropout}")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {self.group_size}")
         if self.init != variants.DEFAULT_INIT and self.init not in variants.INITS:
@@ -149,5 +161,4 @@ def resolve_runtime(settings: TrainSettings) -> Runtime:
     cuda = device.startswith("cuda")
     choice = resolve(settings.precision, device)
     ckpt = settings.gradient_checkpointing
-    attention = "eager" if choice.bf16 and not cuda else None
-    return Runtime(device, choice, cuda if ckpt == "auto" else bool(ckpt), attention)
+    return Runtime(device, choice, cuda if ckpt == "auto" else bool(ckpt), choice.attention)

@@ -22,11 +22,15 @@ def train_lora(
     train_groups: str | Path,
     work_dir: str | Path,
     out_dir: str | Path,
+    code: str | None = None,
 ) -> None:
-    """Train (resuming from ``work_dir`` if a previous attempt was killed), then publish.
+    """Train (resuming from ``work_dir`` if a previous attempt of the same run was killed),
+    then publish.
 
     ``work_dir`` is deliberately not a Snakemake output: Snakemake deletes the outputs of an
-    incomplete job before rerunning it, and the resumable state must survive that.
+    incomplete job before rerunning it, and the resumable state must survive that. Its state
+    is bound to the run (settings, base weights, training data and ``code``, the stage's code
+    version): the state of another run is never resumed.
     """
     from lorascope.training.loop import train
     from lorascope.training.settings import TrainSettings
@@ -36,7 +40,7 @@ def train_lora(
     if isinstance(raw["targets"], list):
         raw["targets"] = tuple(raw["targets"])
     settings = TrainSettings(**raw)
-    summary = train(base_dir, train_groups, settings, work_dir)
+    summary = train(base_dir, train_groups, settings, work_dir, code=code)
     if not summary["complete"]:
         raise RuntimeError(f"training stopped at step {summary['steps_done']} of {settings.total_steps}")
     _publish(Path(work_dir), Path(out_dir))

@@ -1,9 +1,20 @@
-"""Resumable training state: everything needed to continue a run bit for bit.
+"""Resumable training state: everything needed to continue a run bit for bit, bound to the
+run it belongs to.
 
 ``out_dir/state/`` holds the trainable tensors, the optimizer and scheduler states, every RNG
-state, the data position, the step, and the loss log so far. It is rewritten at every
-checkpoint through a temporary directory: the new state is complete before the old one goes
-(``state.prev`` is kept during the swap and used if the swap itself was interrupted).
+state, the data position, the step, the loss log so far, and the run's *fingerprint*: the
+settings, the base weights' sha256, the training data's content digest and the code version.
+A state whose fingerprint is not the current run's is never resumed (the trainer starts
+afresh). It is rewritten at every checkpoint through a temporary directory: the new state is
+complete before the old one goes (``state.prev`` is kept during the swap and used if the
+swap itself was interrupted).
+
+Loading is safe: tensors come from safetensors, the optimizer/scheduler/RNG states through
+``torch.load(weights_only=True)`` (a restricted unpickler that refuses code), the rest from
+JSON. A file that does not load so is an error naming it, never executed.
+
+:class:`WorkDirLock` makes a work directory one trainer's: an exclusive lock held for the whole
+run, released by the kernel when the process dies.
 """
 
 from __future__ import annotations
@@ -22,15 +33,67 @@ if TYPE_CHECKING:
 STATE_DIR = "state"
 
 
+LOCK_FILE = ".lock"
+
+
+class StateError(RuntimeError):
+    """A saved training state that cannot be used; the message names the file."""
+
+
+class WorkDirBusy(RuntimeError):
+    """Another trainer holds the work directory."""
+
+
+class WorkDirLock:
+    """An exclusive, non-blocking ``flock`` on ``work_dir/.lock`` for the whole run.
+
+    The lock file is opened without following a symlink and never truncated before the lock is
+    held; it then records the holder's pid. The kernel releases the lock when the holder dies,
+    however it dies, so a killed trainer never blocks the next one.
+    """
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self.path = Path(work_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> WorkDirLock:
+        import fcntl
+
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as err:
+            raise WorkDirBusy(f"{self.path}: cannot open the work directory's lock ({err})") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkDirBusy(
+                f"{self.path.parent} is in use by another trainer (pid {holder}); one trainer "
+                "per work directory: wait for it to end, or kill it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
 @dataclass(frozen=True)
 class Progress:
-    """Where a run stands: ``step`` optimizer steps done, ``position`` groups consumed."""
+    """Where a run stands: ``step`` optimizer steps done, ``position`` groups consumed, and the
+    fingerprint of the run (:func:`lorascope.training.loop.fingerprint`)."""
 
     step: int
     position: int
     elapsed_s: float
     log_rows: tuple[dict[str, Any], ...]
-    settings: dict[str, Any]
+    fingerprint: dict[str, Any]
 
 
 def rng_states() -> dict[str, Any]:
@@ -94,7 +157,7 @@ def save_state(
         "position": progress.position,
         "elapsed_s": progress.elapsed_s,
         "log_rows": list(progress.log_rows),
-        "settings": progress.settings,
+        "fingerprint": progress.fingerprint,
     }
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     shutil.rmtree(prev, ignore_errors=True)
@@ -114,14 +177,20 @@ def state_dir(out_dir: Path) -> Path | None:
 
 
 def load_progress(path: Path) -> Progress:
-    meta = json.loads((path / "state.json").read_text())
-    return Progress(
-        step=meta["step"],
-        position=meta["position"],
-        elapsed_s=meta["elapsed_s"],
-        log_rows=tuple(meta["log_rows"]),
-        settings=meta["settings"],
-    )
+    """The progress saved in ``path``; a state of another format (an older lorascope's, without
+    a fingerprint) has the empty fingerprint, which matches no run."""
+    file = path / "state.json"
+    try:
+        meta = json.loads(file.read_text())
+        return Progress(
+            step=int(meta["step"]),
+            position=int(meta["position"]),
+            elapsed_s=float(meta["elapsed_s"]),
+            log_rows=tuple(meta["log_rows"]),
+            fingerprint=dict(meta.get("fingerprint") or {}),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StateError(f"{file}: not a training state ({err})") from err
 
 
 def restore_state(
@@ -134,13 +203,21 @@ def restore_state(
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(path / "trainable.safetensors"))
+    tensors = path / "trainable.safetensors"
+    try:
+        saved = load_file(str(tensors))
+    except Exception as err:  # safetensors raises its own error types
+        raise StateError(f"{tensors}: not a readable safetensors file ({err})") from err
     if set(saved) != set(trainable):
-        raise ValueError(f"{path}: saved trainable tensors do not match the model's")
+        raise StateError(f"{tensors}: saved trainable tensors do not match the model's")
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(saved[name].to(param.device))
-    blob = torch.load(path / "optimizer.pt", weights_only=False)
+    states = path / "optimizer.pt"
+    try:
+        blob = torch.load(states, weights_only=True)
+    except Exception as err:  # UnpicklingError for anything but tensors and plain data
+        raise StateError(f"{states}: cannot be loaded safely (weights_only): {err}") from err
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_states(blob["rng"])

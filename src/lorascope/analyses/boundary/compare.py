@@ -201,7 +201,7 @@ def compare_boundary(
     check: dict[str, Any] = {}
     for name, directory in ((FULL, adapter_dir), (PRUNED, pruned_dir)):
         model, tokenizer, arch = load_adapted(base_dir, directory, dtype=precision.dtype,
-                                              device=device)
+                                              device=device, attention=precision.attention)
         if prepared is None:
             prepared = PreparedPairs.build(tokenizer, arch, queries, candidates,
                                            max_length=settings.max_length,

@@ -262,7 +262,7 @@ def score_layers(
     import numpy as np
     import torch
 
-    from lorascope.core.scoring import plan_batches
+    from lorascope.core.batches import plan_batches
 
     budget = prepared.batch_tokens if batch_tokens is None else int(batch_tokens)
     oom = tuple(e for e in (getattr(torch, "OutOfMemoryError", None),

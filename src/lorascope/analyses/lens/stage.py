@@ -180,7 +180,7 @@ def lens(
     precision = settings.scoring.resolve(device)
     started = time.perf_counter()
     model, tokenizer, arch = load_adapted(base_dir, last_dir, dtype=precision.dtype,
-                                          device=device)
+                                          device=device, attention=precision.attention)
     readout_for(arch)
     modules = switching.lora_modules(model, arch)
     original_base = not variants.rewrites_base(adapter_config.get("init_lora_weights"))
