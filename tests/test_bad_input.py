@@ -209,3 +209,14 @@ def test_broken_config_json_refused_at_prepare_base(local_model, tmp_path, caplo
     rc, message = _run(_prepare_local(local_model, out), caplog)
     assert rc == 1 and str(local_model / "config.json") in message, message
     assert not out.exists()
+
+
+def test_json_outputs_refuse_nan(tmp_path) -> None:
+    """A NaN metric (e.g. from a split without judgements) never becomes a bare ``NaN`` in a
+    summary: writing it is an error naming the file, and nothing is written."""
+    from lorascope.core.fileio import write_json
+
+    path = tmp_path / "summary.json"
+    with pytest.raises(ValueError, match=f"{path}: a value to write is not a finite number"):
+        write_json(path, {"metrics": {"nDCG@10": float("nan")}})
+    assert not path.exists() and not list(tmp_path.iterdir())

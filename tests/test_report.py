@@ -682,3 +682,15 @@ def test_random_floor_row_when_the_summary_has_it(tmp_path):
     bm25 = next(i for i, line in enumerate(lines) if line.startswith("BM25"))
     assert lines[bm25 + 1].startswith("Random reordering")  # no rule inside the baseline block
     assert lines[bm25 + 2] == r"\midrule"
+
+
+def test_html_in_labels_is_escaped(tmp_path):
+    """A label from the study config is text: report.md shows it, never runs it as HTML."""
+    evil = '<img src=x onerror="alert(1)"> Alpha'
+    models = {**MODELS, "alpha": {**MODELS["alpha"], "label": evil}}
+    summary = build_summary(tmp_path / "summary", models=models)
+    render_report(make_params(), summary, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "&lt;img src=x onerror=" in md and "<img src=x" not in md
+    assert "<img src=x" not in html
