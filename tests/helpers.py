@@ -263,3 +263,25 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name, tensor in a.items():
         assert torch.equal(tensor, b[name]), name
+
+
+class OomAbove:
+    """A model wrapper that raises CUDA's OOM error for batches above ``limit`` tokens."""
+
+    def __init__(self, model, limit: int) -> None:
+        self.model, self.limit, self.calls = model, limit, 0
+        self.config, self.training = model.config, False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, **batch):
+        import torch
+
+        self.calls += 1
+        if batch["input_ids"].numel() > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(**batch)

@@ -74,6 +74,19 @@ CONFIG_CASES = [
     ("max_length 10^6", _at("training.max_length", 10**6), "config key 'training.max_length'"),
     ("sweep on an unknown split", _at("sweeps.per_layer.splits", ["dl42"]),
      "config key 'sweeps.per_layer.splits[0]': unknown split 'dl42'"),
+    ("a split listed twice", _at("sweeps.per_layer.splits", ["validation", "validation"]),
+     "config key 'sweeps.per_layer.splits': ['validation', 'validation'] has non-unique elements"),
+    ("groups larger than the data's", _at("training.group_size", 5),
+     "config key 'training.group_size': 5 passages per group, but data.train.group_size "
+     "builds groups of 4"),
+    ("Table 1 on an adapter not trained", _at("report.table1_adapter", "r8-all"),
+     "config key 'report.table1_adapter': no model trains adapter 'r8-all'"),
+    ("Table 1 on an adapter without curves",
+     lambda raw: (_at("training.adapters", [{"targets": "all", "ranks": [1], "curves": False}])(raw),
+                  _at("report.table1_adapter", "r1-all")(raw)),
+     "config key 'report.table1_adapter': adapter 'r1-all' is trained with 'curves: false'"),
+    ("unknown main split", _at("report.main_split", "dl99"),
+     "config key 'report.main_split': unknown split 'dl99'"),
 ]
 
 
@@ -96,12 +109,16 @@ def test_validate_config_accepts_the_small_study(tmp_path, caplog) -> None:
     assert _run(["validate-config", str(path)], caplog)[0] == 0
 
 
-def test_duplicate_key_is_an_error_naming_both_lines(tmp_path, caplog) -> None:
+@pytest.mark.parametrize("text,expected", [
+    ("study: a\nseed: 1\nseed: 2\n", ["duplicate key 'seed' (also on line 2)", "line 3"]),
+    ("study: a\n? [x, y]\n: 1\n", ["a mapping key must be a scalar, got list ['x', 'y']", "line 2"]),
+], ids=["duplicate key", "key not a scalar"])
+def test_unreadable_mapping_keys_are_errors_naming_the_line(tmp_path, caplog, text, expected) -> None:
     path = tmp_path / "study.yaml"
-    path.write_text("study: a\nseed: 1\nseed: 2\n")
+    path.write_text(text)
     rc, message = _run(["validate-config", str(path)], caplog)
     assert rc == 1 and str(path) in message
-    assert "duplicate key 'seed' (also on line 2)" in message and "line 3" in message
+    assert all(part in message for part in expected), message
 
 
 def test_yte_template_is_refused(tmp_path, caplog) -> None:

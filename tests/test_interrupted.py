@@ -122,3 +122,22 @@ def test_a_changed_lr_retrains_and_publishes(tmp_path, reference) -> None:
     assert first_row.split(",")[2] == "0.0005"
     assert _adapter_digest(tmp_path) != reference
     assert (tmp_path / PUBLISHED / f"step-{STEPS[-1]}" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_job_whose_snakemake_already_ended_does_not_start() -> None:
+    """The rules pass the shell's $PPID: a lorascope started after that process ended (here:
+    a PID that is not its parent) exits before doing anything, instead of running orphaned."""
+    lorascope = Path(sys.executable).parent / "lorascope"
+    ok = subprocess.run(
+        ["bash", "-c", f"exec {lorascope} --die-with-parent=$PPID validate-config config.yaml"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert ok.returncode == 0, ok.stderr
+    gone = subprocess.run(
+        [str(lorascope), f"--die-with-parent={os.getpid() + 999_999}", "validate-config",
+         "config.yaml"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert gone.returncode != 0
+    assert "ended; not starting" in gone.stderr

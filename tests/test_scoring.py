@@ -8,7 +8,15 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from helpers import as_tensor, build_adapter, build_base, load_adapted, passages, toy_pairs
+from helpers import (
+    OomAbove,
+    as_tensor,
+    build_adapter,
+    build_base,
+    load_adapted,
+    passages,
+    toy_pairs,
+)
 
 from lorascope.core.batches import fixed_batches, plan_batches
 from lorascope.core.scoring import PreparedPairs, score_candidates
@@ -122,28 +130,6 @@ def test_left_padding_tokenizer_gives_same_scores(adapted) -> None:
                        as_tensor(right.score(model, progress=False)))
 
 
-class _OomAbove:
-    """A model wrapper that raises CUDA's OOM error for batches above ``limit`` tokens."""
-
-    def __init__(self, model, limit: int) -> None:
-        self.model, self.limit, self.calls = model, limit, 0
-        self.config, self.training = model.config, False
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def __call__(self, **batch):
-        import torch
-
-        self.calls += 1
-        if batch["input_ids"].numel() > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.model(**batch)
-
-
 def test_oom_halves_the_budget_and_keeps_it(adapted) -> None:
     import torch
 
@@ -153,7 +139,7 @@ def test_oom_halves_the_budget_and_keeps_it(adapted) -> None:
                                    batch_tokens=1024)
     expected = prepared.score(model, progress=False)
     version = prepared.plan_version
-    flaky = _OomAbove(model, limit=300)
+    flaky = OomAbove(model, limit=300)
     got = prepared.score(flaky, progress=False)
     torch.testing.assert_close(as_tensor(got), as_tensor(expected), atol=1e-5, rtol=0)
     assert prepared.batch_tokens == 256 and prepared.last_stats.replans == 2
@@ -161,7 +147,7 @@ def test_oom_halves_the_budget_and_keeps_it(adapted) -> None:
     again = prepared.score(flaky, progress=False)  # the smaller budget stays
     assert prepared.last_stats.replans == 0 and again.keys() == expected.keys()
 
-    tight = _OomAbove(model, limit=1)  # not even one pair fits: give up
+    tight = OomAbove(model, limit=1)  # not even one pair fits: give up
     with pytest.raises(torch.OutOfMemoryError):
         prepared.score(tight, progress=False)
 

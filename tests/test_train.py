@@ -221,6 +221,43 @@ def test_a_changed_input_trains_afresh_never_reuses(llama_base, groups_path, tmp
     assert checkpoint["fingerprint"]["code"] == code
 
 
+def test_auto_precision_resolved_otherwise_trains_afresh(llama_base, groups_path, tmp_path,
+                                                        monkeypatch, caplog) -> None:
+    """``precision: auto`` rerun on a node that resolves it otherwise (here: a CPU without,
+    then with native bf16) is another run: the fp32 state is not resumed in bf16."""
+    from lorascope.core import precision
+
+    run = settings(steps=(2, 4))
+    work = tmp_path / "work"
+    monkeypatch.setattr(precision, "cpu_info", lambda: {"model": "x", "bf16_flags": []})
+    train(llama_base, groups_path, run, work, progress=False, stop_after=2)
+    first = json.loads((work / "step-2" / "checkpoint.json").read_text())["fingerprint"]
+    assert first["runtime"]["precision"] == "fp32" and first["libraries"]["torch"]
+    monkeypatch.setattr(precision, "cpu_info",
+                        lambda: {"model": "x", "bf16_flags": ["avx512_bf16"]})
+    with caplog.at_level("WARNING"):
+        assert train(llama_base, groups_path, run, work, progress=False)["complete"]
+    assert "holds the state of another run" in caplog.text
+    second = json.loads((work / "step-2" / "checkpoint.json").read_text())["fingerprint"]
+    assert second["runtime"]["precision"] == "bf16"
+
+
+def test_a_fresh_run_removes_only_its_own_files(llama_base, groups_path, tmp_path) -> None:
+    """Discarding a stale run removes its checkpoints, logs and state - not a file a user
+    keeps in the work directory - and publishing copies only the run's files."""
+    from lorascope.training.stage import _publish
+
+    work = tmp_path / "work"
+    train(llama_base, groups_path, settings(steps=(2,)), work, progress=False, code="v1")
+    (work / "notes.txt").write_text("mine")
+    (work / "step-2-backup").mkdir()
+    train(llama_base, groups_path, settings(steps=(2,)), work, progress=False, code="v2")
+    assert (work / "notes.txt").read_text() == "mine" and (work / "step-2-backup").is_dir()
+    _publish(work, tmp_path / "out", {"settings": {}})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "provenance.json", "step-2", "train_log.csv", "training.json"]
+
+
 def test_extraction_checks_the_fingerprint_not_the_current_base(llama_base, groups_path,
                                                                 tmp_path, tmp_path_factory) -> None:
     """An adapter is extracted only against the base weights it was trained on."""

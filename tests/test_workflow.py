@@ -68,6 +68,29 @@ def test_duplicate_key_and_templating_stop_the_workflow(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_relative_model_path_resolves_from_the_config_file(tmp_path):
+    """A model ``path`` relative to the config file works whatever ``--directory`` the
+    workflow runs in, as it does for ``lorascope validate-config``."""
+    from small_study import MODEL, small_study, write_config
+
+    project = tmp_path / "project"
+    (project / "models" / "m").mkdir(parents=True)
+    (project / "models" / "m" / "config.json").write_text("{}")
+    raw = small_study()
+    raw["models"] = {MODEL: {"path": "models/m"}}
+    config = write_config(raw, project / "study.yaml")
+    run_snakemake(tmp_path / "elsewhere", "-n", "--quiet", "rules", configfile=config)
+    checked = subprocess.run([str(Path(sys.executable).parent / "lorascope"), "validate-config",
+                              str(config)], capture_output=True, text=True, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    raw["models"][MODEL]["path"] = "models/missing"
+    config = write_config(raw, project / "study.yaml")
+    proc = run_snakemake(tmp_path / "elsewhere", "-n", configfile=config, check=False)
+    assert proc.returncode != 0
+    assert f"config key 'models.{MODEL}.path': 'models/missing' is not a model directory" in (
+        proc.stdout + proc.stderr)
+
+
 def test_data_and_first_stage_run(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", "data_all", configfile=REPO / "config.yaml")
     root = tmp_path / "results" / "default"

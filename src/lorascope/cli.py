@@ -123,17 +123,22 @@ def _zero_shot(args: argparse.Namespace) -> None:
     evaluate_zero_shot(args.params, args.base, args.split_dir, args.metrics, args.summary)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int = 0) -> None:
     """Have the kernel end this process (SIGTERM) when its parent ends - Snakemake, since the
     rules ``exec`` lorascope - however the parent ends, SIGKILL included. A trainer that
     outlived a killed Snakemake would otherwise keep writing into a work directory that a
-    rerun uses too. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    rerun uses too. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+
+    ``parent`` is the PID the caller started this process under (the rules pass the shell's
+    ``$PPID``): if that process has already ended - in the second or two of imports before
+    this runs, or before the request took effect - this process exits instead of starting.
+    0: the parent found at this call."""
     import ctypes
     import signal
 
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    parent = parent or os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
         log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
@@ -151,9 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--die-with-parent",
-        action="store_true",
-        help="end this process when the process that started it ends (Linux; how the "
-        "workflow's jobs run: a job never outlives a killed Snakemake)",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="PID",
+        help="end this process when the process that started it (PID, e.g. the shell's $PPID; "
+        "default: the parent at start-up) ends (Linux; how the workflow's jobs run: a job never "
+        "outlives a killed Snakemake)",
     )
     parser.add_argument(
         "--gpus",
@@ -259,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.die_with_parent:
-        die_with_parent()
+    if args.die_with_parent is not None:
+        die_with_parent(args.die_with_parent)
     try:
         if args.gpus is not None:  # before anything imports torch
             from lorascope.core.devices import claim

@@ -170,7 +170,7 @@ def score_sweep(
         for ablation in settings.ablations:
             t0 = time.perf_counter()
             with ExitStack() as stack:
-                resumed = _resume(stack, cache, ablation, prepared.plan_version)
+                resumed = _resume(stack, cache, ablation, prepared)
                 energy = stack.enter_context(_applied(model, arch, ablation, available))
                 scores = prepared.score(model, device=device, progress=progress,
                                         desc=ablation.name)
@@ -242,18 +242,20 @@ def _first_block(ablation: Ablation) -> int | None:
 
 
 def _resume(stack: ExitStack, cache: BlockCache | None, ablation: Ablation,
-            plan_version: int) -> int | None:
+            prepared: Any) -> int | None:
     """Enter the cache's recording (the ``full`` pass) or resuming (an ablation) context;
-    returns the block the pass resumes at, if any."""
+    returns the block the pass resumes at, if any. A pass whose batches are re-planned midway
+    (out of GPU memory) stops replaying there and computes every block."""
     if cache is None:
         return None
+    plan_version = prepared.plan_version
     if ablation.name == FULL:
         stack.enter_context(cache.recording(plan_version))
         return None
     first = _first_block(ablation)
     if first is None or not cache.recorded or cache.plan_version != plan_version:
         return None
-    stack.enter_context(cache.resuming(first))
+    stack.enter_context(cache.resuming(first, lambda: prepared.plan_version == plan_version))
     return first
 
 

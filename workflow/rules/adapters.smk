@@ -22,5 +22,5 @@ rule extract_adapter:
         cfg=config_slice("extract_adapter"),
         code=code_version("lorascope.extraction:extract_adapter"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} extract-adapter --params {params.cfg:q} --train-dir {input.train}"
         " --base {input.base} --out {output} 2> {log}"

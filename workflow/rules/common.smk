@@ -8,16 +8,15 @@ from lorascope.analyses import registry
 from lorascope.core.names import REPORT_PAGES, SPLIT_TABLES
 from lorascope.study import plan, slices
 from lorascope.study.codedeps import code_version
-from lorascope.study.parse import load_study, read_config_file
+from lorascope.study.parse import load_study, read_config_files
 
 # Validates against the study schema (lorascope/study/config.schema.yaml plus each analysis's
 # schema.yaml; fills the defaults) and checks what a schema cannot; a bad config stops here,
 # before any job runs, naming the key and value.
 # Config files are re-read strictly: a key given twice is an error (YAML's last-wins would
 # hide it), and a YTE template is refused (Snakemake has evaluated it by now: see README).
-for configfile_path in workflow.configfiles:
-    read_config_file(configfile_path)
-STUDY = load_study(config)
+# Relative model paths resolve from the directory of the config file that names them.
+STUDY = load_study(config, read_config_files(workflow.configfiles))
 plan.check_plan(STUDY)  # ablation specs against each model's depth and roles
 # The conda environment of every rule, relative to the rule file (analyses sit one level down).
 ENV = "../../envs/lorascope.yaml"

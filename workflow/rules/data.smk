@@ -19,7 +19,7 @@ rule prepare_train:
         cfg=config_slice("prepare_train"),
         code=train_data_code,
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} prepare-train --params {params.cfg:q} --out {output} 2> {log}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} prepare-train --params {params.cfg:q} --out {output} 2> {log}"
 
 
 rule prepare_split:
@@ -41,4 +41,4 @@ rule prepare_split:
         out=split_dir,
         code=split_data_code,
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} prepare-split --params {params.cfg:q} --out {params.out} 2> {log}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} prepare-split --params {params.cfg:q} --out {params.out} 2> {log}"

@@ -31,7 +31,7 @@ rule evaluate_checkpoints:
         split_dir=split_dir,
         code=code_version("lorascope.curves:evaluate_checkpoints"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate-checkpoints --params {params.cfg:q}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate-checkpoints --params {params.cfg:q}"
         " --base {input.base} {params.adapters} --split-dir {params.split_dir} --out {output}"
         " 2> {log}"
 
@@ -68,7 +68,7 @@ rule evaluate:
         split_dir=split_dir,
         code=code_version("lorascope.evaluate:evaluate"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
         " --adapter {input.adapter} --split-dir {params.split_dir} --scores {output.scores}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
 
@@ -96,6 +96,6 @@ rule evaluate_zero_shot:
         split_dir=split_dir,
         code=code_version("lorascope.zero_shot:evaluate_zero_shot"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate-zero-shot --params {params.cfg:q}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate-zero-shot --params {params.cfg:q}"
         " --base {input.base} --split-dir {params.split_dir} --metrics {output.metrics}"
         " --summary {output.summary} 2> {log}"

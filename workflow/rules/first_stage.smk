@@ -24,7 +24,7 @@ rule evaluate_first_stage:
         split_dir=split_dir,
         code=code_version("lorascope.first_stage"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"
 
 

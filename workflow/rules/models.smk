@@ -24,5 +24,5 @@ rule prepare_base:
         train_groups=train_groups_arg,
         code=code_version("lorascope.models.stage:prepare_base"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} prepare-base --params {params.cfg:q} --out {output} {params.train_groups}"
         " 2> {log}"

@@ -27,6 +27,6 @@ rule train_lora:
         work=train_work_dir,
         code=code_version("lorascope.training.stage:train_lora"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} train --params {params.cfg:q} --base {input.base}"
         " --train-groups {input.train_groups} --work-dir {params.work} --out {output}"
         " --code {params.code} 2> {log}"

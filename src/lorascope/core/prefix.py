@@ -19,7 +19,7 @@ the caller records only when that fits its budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -84,19 +84,28 @@ class BlockCache:
         self.plan_version = None
 
     @contextmanager
-    def resuming(self, first: int) -> Iterator[None]:
+    def resuming(self, first: int, valid: Callable[[], bool] | None = None) -> Iterator[None]:
         """Inside the block, blocks ``0..first-1`` return their recorded outputs, batch by batch
-        in the recorded order, instead of computing them."""
+        in the recorded order, instead of computing them.
+
+        ``valid``: asked before each replay; once it says no (the batch plan changed under the
+        pass, e.g. re-planned after an out-of-memory error), the blocks compute again for the
+        rest of the pass - the recorded outputs belong to the old batches."""
         if not self.recorded:
             raise RuntimeError("nothing recorded to resume from")
         if not 0 <= first <= len(self._blocks):
             raise ValueError(f"first block {first} out of range 0..{len(self._blocks)}")
         replays = []
+        stale = [False]  # once the plan changed, every block computes for the rest of the pass
         for index in range(first):
             outputs = iter(self._outputs[index])
 
             def replay(*args: Any, _outputs: Iterator[Any] = outputs, _index: int = index,
+                       _compute: Callable[..., Any] = self._blocks[index].forward,
                        **kwargs: Any) -> Any:
+                if stale[0] or (valid is not None and not valid()):
+                    stale[0] = True
+                    return _compute(*args, **kwargs)
                 try:
                     return next(_outputs)
                 except StopIteration:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +379,8 @@ def names_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
 def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
     """Validate and parse a study config (a dict as read from YAML).
 
-    ``base_dir`` resolves relative model paths (the workflow passes its working directory).
+    ``base_dir`` resolves relative model paths: the directory of the config file that names
+    them (:func:`read_config_files`, :func:`load_study_file`).
     """
     config = validate(raw)
     base = Path(base_dir)
@@ -390,9 +391,20 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
         name: _parse_model(name, spec, config["training"], base)
         for name, spec in config["models"].items()
     }
+    for name, model in models.items():
+        size = model.training.group_size
+        if size is not None and size > train.group_size:
+            key = (f"models.{name}.training.group_size"
+                   if "group_size" in config["models"][name].get("training", {})
+                   else "training.group_size")
+            raise ConfigError(
+                f"config key '{key}': {size} passages per group, but data.train.group_size "
+                f"builds groups of {train.group_size}"
+            )
     sweeps = {
         name: _parse_sweep(name, spec, splits, models) for name, spec in config["sweeps"].items()
     }
+    _check_report(config["report"], splits, models, sweeps)
     study = Study(
         name=config["study"],
         seed=config["seed"],
@@ -405,6 +417,48 @@ def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
         raw=config,
     )
     return dataclasses.replace(study, analyses=_parse_analyses(config["analyses"], study))
+
+
+def _check_report(
+    raw: Mapping[str, Any], splits: Mapping[str, Split], models: Mapping[str, Model],
+    sweeps: Mapping[str, Sweep],
+) -> None:
+    """The report's choices name what the study has: a split, an adapter trained with
+    checkpoint curves, sweeps of the right kind (a typo is an error, not a silent default)."""
+    if raw["main_split"] is not None and raw["main_split"] not in splits:
+        raise ConfigError(
+            f"config key 'report.main_split': unknown split {raw['main_split']!r} "
+            f"(splits: {', '.join(splits)})"
+        )
+    chosen = raw["table1_adapter"]
+    if chosen is not None:
+        adapters = [a for m in models.values() for a in m.training.adapters]
+        with_curves = sorted({a.name for a in adapters if a.curves})
+        if chosen not in {a.name for a in adapters}:
+            raise ConfigError(
+                f"config key 'report.table1_adapter': no model trains adapter {chosen!r} "
+                f"(adapters: {', '.join(sorted({a.name for a in adapters}))})"
+            )
+        if chosen not in with_curves:
+            raise ConfigError(
+                f"config key 'report.table1_adapter': adapter {chosen!r} is trained with "
+                f"'curves: false' (no checkpoint curves; with curves: {', '.join(with_curves) or 'none'})"
+            )
+    for table in ("table3", "table4"):
+        for i, name in enumerate(raw[table]["sweeps"] or []):
+            if name not in sweeps:
+                raise ConfigError(
+                    f"config key 'report.{table}.sweeps[{i}]': unknown sweep {name!r} "
+                    f"(sweeps: {', '.join(sweeps) or 'none'})"
+                )
+    for key, kind in (("heatmap_sweep", "each_layer_role"), ("boundary_sweep", "boundary")):
+        name = raw[key]
+        if name is not None and (name not in sweeps or sweeps[name].generate != kind):
+            of_kind = [s for s in sweeps if sweeps[s].generate == kind]
+            raise ConfigError(
+                f"config key 'report.{key}': {name!r} is not a sweep with generate: {kind} "
+                f"(such sweeps: {', '.join(of_kind) or 'none'})"
+            )
 
 
 def _parse_analyses(raw: Mapping[str, Any], study: Study) -> dict[str, Any]:
@@ -431,6 +485,10 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):  # e.g. `? [a, b]`: YAML allows it, a config doesn't
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a scalar, got {type(key).__name__} {key!r}",
+                key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})",
@@ -469,6 +527,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             "lorascope configs are plain YAML (write the values out)"
         )
     return raw
+
+
+def read_config_files(paths: Sequence[str | Path]) -> Path:
+    """Read the workflow's config files strictly (:func:`read_config_file`: a bad one stops
+    the workflow naming it) and return the directory relative model paths resolve from: that
+    of the last file that sets ``models``, as ``lorascope validate-config`` does for one file
+    (the working directory when no file does, e.g. models given with ``--config``)."""
+    base = Path(".")
+    for path in paths:
+        if "models" in read_config_file(path):
+            base = Path(path).resolve().parent
+    return base
 
 
 def load_study_file(path: str | Path) -> Study:

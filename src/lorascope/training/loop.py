@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import random
+import re
 import shutil
 import time
 import warnings
@@ -60,19 +61,26 @@ CHECKPOINT_FILE = "checkpoint.json"
 
 def fingerprint(
     base_dir: str | Path, train_groups_path: str | Path, settings: TrainSettings,
-    code: str | None,
+    code: str | None, runtime: Runtime,
 ) -> dict[str, Any]:
-    """Everything that shapes a training run: its settings, the base weights' sha256, the
-    training groups' content digest (provenance left out) and the code version of the stage
-    (``None``: not given, e.g. called from Python)."""
+    """Everything that shapes a training run: its settings, what they resolve to on this
+    machine (device, precision, attention, gradient checkpointing: ``precision: auto`` on
+    another node may be another precision), the base weights' sha256, the training groups'
+    content digest (provenance left out), the code version of the stage (``None``: not given,
+    e.g. called from Python) and the versions of the libraries that compute it."""
     from lorascope.core.contracts import content_digest
+    from lorascope.core.provenance import versions
     from lorascope.models.base import weights_digest
 
     return {
         "settings": settings.to_dict(),
+        "runtime": {"device": runtime.device, "precision": runtime.precision.resolved,
+                    "attention": runtime.attention,
+                    "gradient_checkpointing": runtime.gradient_checkpointing},
         "base_weights_sha256": weights_digest(base_dir),
         "train_groups": content_digest(train_groups_path),
         "code": code,
+        "libraries": versions(),
     }
 
 
@@ -112,26 +120,29 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with train_state.WorkDirLock(out_dir):
-        return _train(base_dir, train_groups_path, settings, out_dir, progress,
-                      stop_after=stop_after, code=code)
+        return train_locked(base_dir, train_groups_path, settings, out_dir, progress,
+                            stop_after=stop_after, code=code)
 
 
-def _train(
+def train_locked(
     base_dir: str | Path,
     train_groups_path: str | Path,
     settings: TrainSettings,
     out_dir: Path,
-    progress: bool,
+    progress: bool = True,
     *,
-    stop_after: int | None,
-    code: str | None,
+    stop_after: int | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
+    """:func:`train` for a caller that holds ``out_dir``'s
+    :class:`~lorascope.training.state.WorkDirLock` itself (e.g. to publish the run before
+    anyone else can touch it)."""
     import torch
 
     runtime = resolve_runtime(settings)
     groups = load_groups(train_groups_path, settings.group_size)
     group_size = len(groups[0].passages)
-    run = fingerprint(base_dir, train_groups_path, settings, code)
+    run = fingerprint(base_dir, train_groups_path, settings, code, runtime)
     saved = train_state.state_dir(out_dir)
     resumed = train_state.load_progress(saved) if saved is not None else None
     if resumed is not None and resumed.fingerprint != run:
@@ -501,16 +512,24 @@ def _save_checkpoint(
         )
 
 
+def run_files(out_dir: Path) -> list[Path]:
+    """What a run writes into its work directory and publishes: the checkpoints, the initial
+    adapter of PiSSA/OLoRA, the loss log and the summary (not the resume state, not the lock,
+    and nothing else a user keeps there)."""
+    own = re.compile(rf"^(step-\d+|{re.escape(INITIAL_ADAPTER)}|{re.escape(LOG_FILE)}|"
+                     rf"{re.escape(SUMMARY_FILE)})$")
+    return sorted(p for p in out_dir.iterdir() if own.match(p.name))
+
+
 def _discard_run(out_dir: Path) -> None:
-    """Remove what a run left in ``out_dir``: checkpoints, the initial adapter, the state, the
-    loss log and the summary (the lock file stays: this trainer holds it)."""
-    for path in out_dir.iterdir():
-        if path.name == train_state.LOCK_FILE:
-            continue
+    """Remove what a run left in ``out_dir`` (:func:`run_files`, its state and its temporary
+    writes); files of anyone else stay where they are."""
+    for path in [*run_files(out_dir), *(out_dir / n for n in train_state.STATE_DIRS)]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        else:
+        elif path.exists() or path.is_symlink():
             path.unlink()
+    _remove_partial_writes(out_dir)
 
 
 def _remove_partial_writes(out_dir: Path) -> None:

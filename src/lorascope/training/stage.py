@@ -32,22 +32,34 @@ def train_lora(
     is bound to the run (settings, base weights, training data and ``code``, the stage's code
     version): the state of another run is never resumed.
     """
-    from lorascope.training.loop import train
+    from lorascope.training.loop import train_locked
     from lorascope.training.settings import TrainSettings
+    from lorascope.training.state import WorkDirLock
 
     raw = dict(params["settings"])
     raw["steps"] = tuple(raw["steps"])
     if isinstance(raw["targets"], list):
         raw["targets"] = tuple(raw["targets"])
     settings = TrainSettings(**raw)
-    summary = train(base_dir, train_groups, settings, work_dir, code=code)
-    if not summary["complete"]:
-        raise RuntimeError(f"training stopped at step {summary['steps_done']} of {settings.total_steps}")
-    _publish(Path(work_dir), Path(out_dir))
-    fileio.write_json(Path(out_dir) / "provenance.json", provenance.record(STAGE, params))
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with WorkDirLock(work_dir):  # held until the run is published: no other trainer between
+        summary = train_locked(base_dir, train_groups, settings, work_dir, code=code)
+        if not summary["complete"]:
+            raise RuntimeError(f"training stopped at step {summary['steps_done']} of "
+                               f"{settings.total_steps}")
+        _publish(work_dir, Path(out_dir), params)
 
 
-def _publish(work_dir: Path, out_dir: Path) -> None:
-    """Copy checkpoints and logs (not the optimizer state) into ``out_dir`` atomically."""
+def _publish(work_dir: Path, out_dir: Path, params: Mapping[str, Any]) -> None:
+    """Copy the run's checkpoints and logs (:func:`~lorascope.training.loop.run_files`: not
+    the resume state, nothing else in the work dir) into ``out_dir`` atomically."""
+    from lorascope.training.loop import run_files
+
     with fileio.atomic_dir(out_dir) as tmp:
-        shutil.copytree(work_dir, tmp, ignore=shutil.ignore_patterns("state", ".*"), dirs_exist_ok=True)
+        for path in run_files(work_dir):
+            if path.is_dir():
+                shutil.copytree(path, tmp / path.name)
+            else:
+                shutil.copy2(path, tmp / path.name)
+        fileio.write_json(tmp / "provenance.json", provenance.record(STAGE, params))

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import torch
 
 STATE_DIR = "state"
+#: The resume state and the previous one (kept while a new one is being written).
+STATE_DIRS = (STATE_DIR, f"{STATE_DIR}.prev")
 
 
 LOCK_FILE = ".lock"
@@ -169,7 +171,7 @@ def save_state(
 
 def state_dir(out_dir: Path) -> Path | None:
     """The saved state of a run in ``out_dir``, if any."""
-    for name in (STATE_DIR, f"{STATE_DIR}.prev"):
+    for name in STATE_DIRS:
         path = out_dir / name
         if (path / "state.json").is_file():
             return path

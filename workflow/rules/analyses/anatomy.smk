@@ -25,7 +25,7 @@ rule anatomy:
         adapters=checkpoint_args,
         code=code_version("lorascope.analyses.anatomy.stage:anatomy"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} anatomy --params {params.cfg:q} {params.adapters}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} anatomy --params {params.cfg:q} {params.adapters}"
         " --base {input.base} --out {output} 2> {log}"
 
 

@@ -30,7 +30,7 @@ rule prune_boundary:
         cfg=config_slice("prune_boundary"),
         code=code_version("lorascope.analyses.boundary.prune:prune_boundary"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} prune-boundary --params {params.cfg:q}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} prune-boundary --params {params.cfg:q}"
         " --boundary-summary {input.summaries} --adapter {input.adapter} --base {input.base}"
         " --out {output} 2> {log}"
 
@@ -63,7 +63,7 @@ rule compare_boundary:
         split_dir=split_dir,
         code=code_version("lorascope.analyses.boundary.compare:compare_boundary"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} compare-boundary"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} compare-boundary"
         " --params {params.cfg:q} --base {input.base} --adapter {input.adapter}"
         " --pruned {input.pruned} --split-dir {params.split_dir} --scores {output.scores}"
         " --metrics {output.metrics} --summary {output.summary} 2> {log}"

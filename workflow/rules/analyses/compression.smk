@@ -23,7 +23,7 @@ rule export_compressed:
         cfg=config_slice("export_compressed"),
         code=code_version("lorascope.analyses.compression.stage:export_compressed"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} export-compressed --params {params.cfg:q}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} export-compressed --params {params.cfg:q}"
         " --adapter {input} --rank {wildcards.rank} --out {output} 2> {log}"
 
 

@@ -29,7 +29,7 @@ rule lens:
         split_dir=split_dir,
         code=code_version("lorascope.analyses.lens.stage:lens"),
     shell:
-        "exec lorascope --die-with-parent --threads {threads} --gpus {resources.gpu} lens --params {params.cfg:q}"
+        "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} lens --params {params.cfg:q}"
         " --base {input.base} {params.adapters} --split-dir {params.split_dir}"
         " --out {output.table} --per-query {output.per_query} --summary {output.summary}"
         " 2> {log}"
