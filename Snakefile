@@ -20,7 +20,7 @@ wildcard_constraints:
     study=STUDY.name,
     split="|".join(STUDY.splits),
     model="|".join(STUDY.models),
-    adapter=r"r\d+-[a-z][a-z0-9_]*(-[a-z][a-z0-9_]*)?",
+    adapter=f"{TRAINED_ADAPTER}|{IMPORTED_ADAPTER}",
     rank=r"\d+",
     step=r"\d+",
     sweep=r"[a-z][a-z0-9_]*",

@@ -285,3 +285,215 @@ class OomAbove:
         if batch["input_ids"].numel() > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.model(**batch)
+
+
+# --------------------------------------------------------------------------- TREC runs, checked
+# independently of lorascope: a plain parser, trec_eval's measures in plain Python, and
+# pytrec_eval (trec_eval's own C code) called directly, not through ir_measures.
+
+#: The measures lorascope reports, by ir_measures name, with their trec_eval names.
+TREC_EVAL_NAMES = {"nDCG@10": "ndcg_cut_10", "RR(rel=2)": "recip_rank", "AP(rel=2)": "map"}
+
+
+def parse_trec_run(path: Path) -> tuple[dict[str, dict[str, float]], list[list[str]]]:
+    """A run file as ``{qid: {docid: score}}`` and its lines' fields, with a plain split
+    (6 fields, ``Q0``): no lorascope code involved."""
+    run: dict[str, dict[str, float]] = {}
+    lines = [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    for fields in lines:
+        assert len(fields) == 6 and fields[1] == "Q0", fields
+        assert fields[2] not in run.get(fields[0], {}), f"duplicate {fields[:3]}"
+        run.setdefault(fields[0], {})[fields[2]] = float(fields[4])
+    return run, lines
+
+
+def split_qrels(split_dir: Path) -> dict[str, dict[str, int]]:
+    """A split's judgements as ``{qid: {docid: relevance}}``."""
+    import pyarrow.parquet as pq
+
+    qrels: dict[str, dict[str, int]] = {}
+    for row in pq.read_table(Path(split_dir) / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["docid"]] = int(row["relevance"])
+    return qrels
+
+
+def reference_trec_eval(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+                        ) -> dict[str, dict[str, float]]:
+    """nDCG@10, RR(rel=2) and AP(rel=2) per judged query by trec_eval's definitions, in plain
+    Python: documents in order of score descending, ties by docid descending; nDCG: gain = the
+    grade, discount log2(rank + 1), ideal from every judged document of the query; RR and AP
+    count grade >= 2 as relevant, AP divides by every relevant judged document; a judged
+    query the run does not rank scores 0 (``trec_eval -c``)."""
+    import math
+
+    out: dict[str, dict[str, float]] = {name: {} for name in TREC_EVAL_NAMES}
+    for qid, judged in qrels.items():
+        ranked = [d for d, _ in sorted(run.get(qid, {}).items(),
+                                       key=lambda hit: (hit[1], hit[0]), reverse=True)]
+        dcg = 0.0
+        for i, docid in enumerate(ranked[:10]):
+            if judged.get(docid, 0) > 0:
+                dcg += judged[docid] / math.log2(i + 2)
+        ideal = 0.0
+        for i, grade in enumerate(sorted((g for g in judged.values() if g > 0),
+                                         reverse=True)[:10]):
+            ideal += grade / math.log2(i + 2)
+        rr, found, precisions = 0.0, 0, 0.0
+        for i, docid in enumerate(ranked):
+            if judged.get(docid, 0) >= 2:
+                found += 1
+                precisions += found / (i + 1)
+                rr = rr or 1.0 / (i + 1)
+        relevant = sum(1 for g in judged.values() if g >= 2)
+        out["nDCG@10"][qid] = dcg / ideal if ideal > 0 else 0.0
+        out["RR(rel=2)"][qid] = rr
+        out["AP(rel=2)"][qid] = precisions / relevant if relevant else 0.0
+    return out
+
+
+def pytrec_eval_measures(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+                         ) -> dict[str, dict[str, float]]:
+    """The same measures from pytrec_eval directly (nDCG at relevance level 1, RR and AP at
+    2), judged queries the run does not rank filled with 0."""
+    import pytrec_eval
+
+    graded = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10"}).evaluate(run)
+    binary = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "map"},
+                                            relevance_level=2).evaluate(run)
+    out: dict[str, dict[str, float]] = {name: {} for name in TREC_EVAL_NAMES}
+    for qid in qrels:
+        for name, trec_name in TREC_EVAL_NAMES.items():
+            source = graded if trec_name == "ndcg_cut_10" else binary
+            out[name][qid] = float(source.get(qid, {}).get(trec_name, 0.0))
+    return out
+
+
+def check_run_file(path: Path, tag: str, qrels: dict[str, dict[str, int]],
+                   reported: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Check one exported run: every line tagged ``tag``, lines in trec_eval's order with ranks
+    1, 2, ... per query, and the reference and pytrec_eval per-query values of the measures in
+    ``reported`` ({measure: {qid: value}}, every judged query) equal to them bitwise (the
+    reference sums in trec_eval's order, so it is exact too). Returns the run."""
+    run, lines = parse_trec_run(path)
+    assert {fields[5] for fields in lines} == {tag}
+    by_query: dict[str, list[list[str]]] = {}
+    for fields in lines:
+        by_query.setdefault(fields[0], []).append(fields)
+    assert list(by_query) == sorted(by_query)
+    for qid, rows in by_query.items():
+        assert [int(r[3]) for r in rows] == list(range(1, len(rows) + 1))
+        order = sorted(((r[2], float(r[4])) for r in rows), key=lambda h: (h[1], h[0]),
+                       reverse=True)
+        assert [r[2] for r in rows] == [d for d, _ in order], qid
+    for how, values in (("reference", reference_trec_eval(qrels, run)),
+                        ("pytrec_eval", pytrec_eval_measures(qrels, run))):
+        for measure, by_query_value in reported.items():
+            assert set(by_query_value) == set(qrels), (path, measure)
+            differ = {q: (values[measure][q], v) for q, v in by_query_value.items()
+                      if values[measure][q] != v}
+            assert not differ, (path, how, measure, differ)
+    return run
+
+
+def train_plain_peft(base_dir: Path, out_dir: Path, *, steps: int = 3,
+                     targets: tuple[str, ...] = ("query", "value", "intermediate.dense"),
+                     rank: int = 2, seed: int = 0) -> Path:
+    """A LoRA reranker trained the way a user outside lorascope would: transformers' sequence
+    classifier, peft's LoraConfig with the head in modules_to_save, a few AdamW steps of a
+    pointwise loss on toy pairs, ``save_pretrained``."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=4, lora_dropout=0.0,
+                        target_modules=list(targets), modules_to_save=["classifier"])
+    model = get_peft_model(model, config)
+    queries, candidates = toy_pairs(n_queries=3, per_query=4)
+    labels = torch.tensor([float(i % 2) for i in range(len(candidates))])
+    batch = tokenizer([queries[q] for q, _, _ in candidates], [t for _, _, t in candidates],
+                      padding=True, truncation=True, max_length=64, return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(**batch).logits.squeeze(-1), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def _overlap(query: str, text: str) -> int:
+    words = set(text.lower().split())
+    return sum(w in words for w in query.lower().split())
+
+
+def write_own_files(root: Path, queries_n: int = 6, run_depth: int = 30) -> dict:
+    """DL20 as a user's files: a run of a term-overlap ranker (its lines shuffled), topics as
+    TSV, qrels, and the candidates' passages as JSONL (with an unjudged extra query in the
+    run and an extra passage in the collection), written into ``root``."""
+    import json
+    import random
+
+    from lorascope.data import embedded
+
+    root.mkdir(parents=True, exist_ok=True)
+    queries = {r["qid"]: r["query"] for r in embedded.load("dl20", "queries").to_pylist()}
+    chosen = sorted(queries)[:queries_n]
+    cands = [c for c in embedded.load("dl20", "candidates").to_pylist()
+             if c["qid"] in chosen and c["rank"] <= run_depth]
+    qrels = [r for r in embedded.load("dl20", "qrels").to_pylist() if r["qid"] in chosen]
+    scores = {(c["qid"], c["docid"]): _overlap(queries[c["qid"]], c["text"]) + c["rank"] / 1000
+              for c in cands}  # distinct: ties in overlap go to the deeper BM25 rank
+    lines = [f"{q} Q0 {d} 0 {s!r} overlap\n" for (q, d), s in scores.items()]
+    lines.append("unjudged Q0 extra 1 9.0 overlap\n")
+    random.Random(5).shuffle(lines)
+    (root / "run.trec").write_text("".join(lines))
+    (root / "topics.tsv").write_text("".join(f"{q}\t{queries[q]}\n" for q in chosen)
+                                     + "unjudged\tan unjudged query\n")
+    (root / "qrels.txt").write_text("".join(f"{r['qid']} 0 {r['docid']} {r['relevance']}\n"
+                                            for r in qrels))
+    texts = {c["docid"]: c["text"] for c in cands}
+    texts["extra"] = "a passage nobody judged"
+    with (root / "collection.jsonl").open("w") as out:
+        for docid, text in texts.items():
+            out.write(json.dumps({"_id": docid, "title": "", "text": text}) + "\n")
+    return {"root": root, "scores": scores, "texts": texts, "qrels": qrels, "queries": chosen}
+
+
+# --- a fake BEIR dataset (beir/scifact) for ir_datasets, and a run over it
+
+BEIR_DOCS = {f"d{i}": (f"title {i}", f"scientific claim number {i}") for i in range(12)}
+BEIR_QUERIES = {"1": "claim one", "2": "claim two", "3": "claim three (judged, not in the run)"}
+BEIR_QRELS = [("1", "d1", 1), ("1", "d4", 1), ("2", "d2", 1), ("3", "d3", 1)]
+BEIR_RUN = [("1", f"d{i}", 10.0 - i) for i in range(8)] + [("2", f"d{i}", float(i)) for i in range(8)]
+
+
+def write_beir_run(path: Path) -> Path:
+    """A BM25-like run over the fake BEIR corpus (``BEIR_RUN``) as a TREC run file."""
+    path.write_text("".join(f"{q} Q0 {d} 0 {s} bm25\n" for q, d, s in BEIR_RUN))
+    return path
+
+
+def build_fake_beir(home: Path) -> Path:
+    """Pre-place ``beir/scifact`` as ir_datasets would have downloaded it: the source zip
+    (``scifact/corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) at its cache path. BEIR
+    has no scoreddocs: the first stage comes from a run file."""
+    import json
+    import zipfile
+
+    base = home / "beir" / "scifact"
+    base.mkdir(parents=True)
+    (base / "irds_version.txt").write_text("v2")
+    with zipfile.ZipFile(base / "source.zip", "w") as zf:
+        zf.writestr("scifact/corpus.jsonl", "".join(
+            json.dumps({"_id": d, "title": t, "text": x, "metadata": {}}) + "\n"
+            for d, (t, x) in BEIR_DOCS.items()))
+        zf.writestr("scifact/queries.jsonl", "".join(
+            json.dumps({"_id": q, "text": t, "metadata": {}}) + "\n" for q, t in BEIR_QUERIES.items()))
+        zf.writestr("scifact/qrels/test.tsv", "query-id\tcorpus-id\tscore\n" + "".join(
+            f"{q}\t{d}\t{r}\n" for q, d, r in BEIR_QRELS))
+    return home

@@ -22,6 +22,9 @@ def _run(root, scores, record, adapter=b"weights"):
     (folder / "adapter_model.safetensors").write_bytes(adapter)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "manifest.json").write_text(json.dumps(record))  # provenance: not digested
+    (root / "eval" / "runs").mkdir()
+    (root / "eval" / "runs" / "full.run").write_text(
+        "".join(f"1 Q0 {i} {i + 1} {s!r} m.r8-all.step-1.x.full\n" for i, s in enumerate(scores)))
     (root / "logs").mkdir()
     (root / "logs" / "x.parquet").write_bytes(b"not read")
     return root
@@ -37,10 +40,11 @@ def test_provenance_and_layout_do_not_count_values_do(tmp_path):
     da, db = content_digests(a), content_digests(b)
     assert da == db
     assert set(da) == {"eval/scores.parquet", "adapters/m/r8-all/step-1/adapter_model.safetensors",
-                       "adapters/m/r8-all/step-1/adapter_config.json"}
+                       "adapters/m/r8-all/step-1/adapter_config.json", "eval/runs/full.run"}
     c = _run(tmp_path / "c", [0.5, 0.25 + 2**-40], {"created": "monday"}, adapter=b"weightz")
     assert differences(content_digests(c), da) == {
-        "changed": ["adapters/m/r8-all/step-1/adapter_model.safetensors", "eval/scores.parquet"],
+        "changed": ["adapters/m/r8-all/step-1/adapter_model.safetensors", "eval/runs/full.run",
+                    "eval/scores.parquet"],
         "missing": [], "new": []}
 
 
@@ -50,7 +54,7 @@ def test_cli_compares_against_earlier_digests(tmp_path, capsys):
     digests = tmp_path / "a.json"
     assert main(["digest", str(a), "--out", str(digests)]) == 0
     assert main(["digest", str(a), "--against", str(digests)]) == 0
-    assert "3 of 3 artifacts" in capsys.readouterr().out
+    assert "4 of 4 artifacts" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["digest", str(b), "--against", str(digests)])
     assert exit_info.value.code == 1

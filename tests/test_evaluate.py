@@ -10,7 +10,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from helpers import build_adapter, build_base, load_adapted, toy_pairs, write_toy_split
+from helpers import (build_adapter, build_base, check_run_file, load_adapted,
+                     reference_trec_eval, split_qrels, toy_pairs, write_toy_split)
 
 from lorascope.core import metrics
 from lorascope.core.ablation import resolve_sweep
@@ -130,6 +131,39 @@ def test_summary(setup, evaluated) -> None:
     assert summary["provenance"]["params"] == setup["params"]
 
 
+def test_run_files(setup, evaluated) -> None:
+    """``runs/`` beside the scores holds one TREC run per ablation, tagged
+    ``<model>.<adapter>.step-<step>.<sweep>.<ablation>``, with the scores exactly; trec_eval's
+    measures on each file (a plain-Python trec_eval and pytrec_eval, both independent of
+    lorascope's ir_measures) are the stage's per-query metrics and summary means, bitwise."""
+    from statistics import fmean
+
+    runs_dir = evaluated["scores_path"].with_name("runs")
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(f"{n}.run" for n in setup["names"])
+    qrels = split_qrels(setup["split"])
+    for name in setup["names"]:
+        reported = {m: {r["qid"]: r["value"] for r in evaluated["metrics"]
+                        if r["ablation"] == name and r["measure"] == m} for m in MEASURES}
+        run = check_run_file(runs_dir / f"{name}.run",
+                             f"tiny.r4-all.step-10.components.{name}", qrels, reported)
+        scores = {(r["qid"], r["docid"]): r["score"] for r in evaluated["scores"]
+                  if r["ablation"] == name}
+        assert {(q, d): s for q, docs in run.items() for d, s in docs.items()} == scores
+        means = {m: fmean(v.values()) for m, v in reference_trec_eval(qrels, run).items()}
+        assert means == evaluated["summary"]["ablations"][name]["metrics"], name
+
+
+def test_run_tag_fields_are_checked_before_scoring(setup, tmp_path) -> None:
+    from lorascope.evaluate import score_sweep
+
+    params = {k: v for k, v in setup["params"].items() if k != "adapter"}
+    out = outputs(tmp_path, "x")
+    with pytest.raises(ValueError, match=r"\['adapter'\] missing.*name the exported TREC runs"):
+        score_sweep(params, setup["base"], setup["adapter"], setup["split"], *out,
+                    progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_missing_module_fails_before_scoring(setup, tmp_path) -> None:
     from lorascope.evaluate import score_sweep
     from lorascope.core.switching import SwitchingError
@@ -159,6 +193,7 @@ def test_reproduction_failure_is_an_error(setup, tmp_path, monkeypatch) -> None:
         score_sweep(setup["params"], setup["base"], setup["adapter"], setup["split"], *out,
                  progress=False)
     assert not any(p.exists() for p in out)
+    assert not (tmp_path / "x" / "runs").exists()  # runs are written after the check passes
 
 
 def test_params_checks() -> None:
@@ -227,6 +262,14 @@ def test_svd_sweep_summary(compressed) -> None:
         assert entries[name]["zeroed_modules"] == 0
         for m in MEASURES:
             assert 0.0 <= entries[name]["p_value"][m] <= entries[name]["p_adjusted"][m] <= 1.0
+
+
+def test_svd_sweep_run_files(setup, compressed) -> None:
+    runs_dir = setup["root"] / "svd" / "runs"
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["full.run", "svd_r1.run", "svd_r2.run"]
+    for name in ("full", "svd_r2", "svd_r1"):
+        tags = {line.split()[5] for line in (runs_dir / f"{name}.run").read_text().splitlines()}
+        assert tags == {f"tiny.r4-all.step-10.compression.{name}"}
 
 
 def test_broken_truncation_restore_is_caught(setup, compressed, tmp_path, monkeypatch) -> None:
@@ -369,6 +412,11 @@ def test_checkpoint_curve_equals_one_job_per_checkpoint(setup, tmp_path, precisi
             a = read_table(step_dir(out, step) / table, contract).to_pylist()
             b = read_table(alone / table, contract).to_pylist()
             assert a == b, (step, table)
+        # the TREC run: the same file as the evaluate job's runs/full.run, same tag included
+        run = (step_dir(out, step) / "full.run").read_bytes()
+        assert run == (alone / "runs" / "full.run").read_bytes()
+        assert {line.split()[5] for line in run.decode().splitlines()} == {
+            f"tiny.r4-all.step-{step}.checkpoints.full"}
     with pytest.raises(ValueError, match=r"no checkpoint directory for steps \[20\]"):
         evaluate_checkpoints({**params, "steps": [5, 20]}, base, checkpoints, setup["split"],
                              tmp_path / "bad", progress=False)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import build_fake_beir, write_beir_run
+
 from lorascope.core import contracts
 from lorascope.data import common
 
@@ -384,10 +386,10 @@ def test_bounded_top_scored_matches_a_full_sort() -> None:
     """The streaming top-k (in-process: it needs no ir_datasets) equals a stable full sort."""
     import random
 
-    from lorascope.data.irds import _IdCodec, _TopScored
+    from lorascope.data.ranking import IdCodec, TopScored
 
     rng = random.Random(0)
-    codec = _IdCodec()
+    codec = IdCodec()
     for depth in (1, 3, 10):
         stream = [
             (
@@ -397,7 +399,7 @@ def test_bounded_top_scored_matches_a_full_sort() -> None:
             )
             for _ in range(2000)
         ]
-        top = _TopScored([f"q{i}" for i in range(4)], depth, codec)  # q4 is not wanted
+        top = TopScored([f"q{i}" for i in range(4)], depth, codec)  # q4 is not wanted
         for qid, doc, score in stream:
             top.add(qid, doc, score)
         for i in range(4):
@@ -413,10 +415,50 @@ def test_bounded_top_scored_matches_a_full_sort() -> None:
 
 
 def test_id_codec_round_trip() -> None:
-    from lorascope.data.irds import _IdCodec
+    from lorascope.data.ranking import IdCodec
 
-    codec = _IdCodec()
-    ids = ["0", "7", "007", "8841822", "abc", "D123", "", str(2**31), str(2**31 - 1), "abc"]
+    codec = IdCodec()
+    ids = ["0", "7", "007", "8841822", "abc", "D123", "", str(2**31), str(2**31 - 1), "abc",
+           "١٢", "12", "²"]  # non-ASCII digits are names, never the number they look like
     codes = [codec.encode(i) for i in ids]
     assert [codec.decode(c) for c in codes] == ids
-    assert codes[0] == 0 and codes[1] == 7 and codes[2] < 0 and codes[4] == codes[-1]
+    assert codes[0] == 0 and codes[1] == 7 and codes[2] < 0 and codes[4] == codes[9]
+    assert codes[10] < 0 and codes[11] == 12 and codes[12] < 0
+
+
+# --------------------------------------------------------------------------- BEIR + a run file
+
+def test_beir_split_from_a_run_file(tmp_path: Path) -> None:
+    """An ir_datasets dataset without scoreddocs (BEIR) reranks the top of a run file (its
+    queries: the judged ones the run ranks, as for source: files); a run that ranks a passage
+    the corpus lacks is an error naming the run file."""
+    home = build_fake_beir(tmp_path / "home")
+    run = write_beir_run(tmp_path / "bm25.trec")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_irds(home, out, f"""
+    from lorascope.data.prepare import prepare_split
+    from lorascope.data.splits import SPLIT_FILES, split_paths
+    spec = {{"source": "ir_datasets", "dataset": "beir/scifact/test", "depth": 3,
+            "queries": None, "run": {str(run)!r}}}
+    prepare_split({{"split": spec, "seed": 1}}, "split")
+    tables = {{n: contracts.read_table(p, SPLIT_FILES[n]).to_pylist()
+              for n, p in split_paths("split").items()}}
+    no_run = _expect_error(lambda: prepare_split(
+        {{"split": {{**spec, "run": None}}, "seed": 1}}, "split2"))
+    with open({str(run)!r}, "a") as f:
+        f.write("1 Q0 nowhere 0 99.0 bm25\\n")
+    unknown = _expect_error(lambda: prepare_split({{"split": spec, "seed": 1}}, "split3"))
+    result = {{"tables": tables, "no_run": no_run, "unknown": unknown}}
+    """)
+    tables = result["tables"]  # type: ignore[index]
+    assert [q["qid"] for q in tables["queries"]] == ["1", "2"]
+    assert [(c["qid"], c["docid"], c["rank"]) for c in tables["candidates"]] == [
+        ("1", "d0", 1), ("1", "d1", 2), ("1", "d2", 3), ("2", "d7", 1), ("2", "d6", 2),
+        ("2", "d5", 3)]
+    assert tables["candidates"][0]["text"] == "title 0 scientific claim number 0"
+    assert len(tables["qrels"]) == 3
+    assert "has no scoreddocs" in result["no_run"]["message"]  # type: ignore[index]
+    assert "data.splits.<name>.run" in result["no_run"]["message"]  # type: ignore[index]
+    unknown = result["unknown"]["message"]  # type: ignore[index]
+    assert str(run) in unknown and "1 ranked passages are not in the documents of" in unknown

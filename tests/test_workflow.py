@@ -96,6 +96,8 @@ def test_data_and_first_stage_run(tmp_path):
     root = tmp_path / "results" / "default"
     summary = json.loads((root / "first_stage" / "dl19" / "summary.json").read_text())
     assert round(summary["metrics"]["nDCG@10"], 4) == 0.5058
+    run = (root / "first_stage" / "dl19" / "first_stage.run").read_text().splitlines()
+    assert len(run) == 43 * 20 and {line.split()[5] for line in run} == {"first_stage.dl19"}
     for split in ("validation", "dl19"):
         for table in ("queries", "candidates", "qrels"):
             assert (root / "data" / split / f"{table}.parquet").is_file()
@@ -135,6 +137,18 @@ def test_analyses_run_end_to_end(tmp_path):
     assert set(lens["step"]) == {0, 1, 2} and set(lens["layer"]) == {1, 2, 3, 4}
     anatomy = pd.read_parquet(summary / "anatomy.parquet")
     assert set(anatomy["adapter"]) == {"r1-all", "r4-all"} and set(anatomy["step"]) == {1, 2}
+    # the boundary comparison exports both rankings as TREC runs, exact to its metrics
+    from helpers import check_run_file, split_qrels
+
+    compared = root / "boundary" / "tiny-llama" / "r4-all" / "step-2" / "dl19"
+    metrics = pd.read_parquet(compared / "metrics.parquet")
+    sweep = json.loads((compared / "summary.json").read_text())["sweep"]
+    for name in ("full", "pruned"):
+        reported = {m: dict(zip(g["qid"], g["value"])) for m, g in
+                    metrics[metrics["ablation"] == name].groupby("measure")}
+        check_run_file(compared / "runs" / f"{name}.run",
+                       f"tiny-llama.r4-all.step-2.{sweep}.{name}",
+                       split_qrels(root / "data" / "dl19"), reported)
     for rank in (2, 1):
         exported = root / "compressed" / "tiny-llama" / "r4-all" / "step-2" / f"r{rank}"
         assert json.loads((exported / "adapter_config.json").read_text())["r"] == rank

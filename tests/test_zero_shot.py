@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import build_base, write_toy_split
+from helpers import build_base, check_run_file, split_qrels, write_toy_split
 
 from lorascope.core.contracts import METRICS, read_table
 
@@ -45,6 +45,11 @@ def test_bi_encoder_cosine_of_mean_pooled_embeddings(bert, tmp_path) -> None:
     table = read_table(tmp_path / "metrics.parquet", METRICS).to_pylist()
     assert {r["ablation"] for r in table} == {"zero_shot"} and len(table) == 5 * len(MEASURES)
     assert json.loads((tmp_path / "summary.json").read_text())["method"]["pooling"] == "mean"
+    # the TREC run beside the metrics: trec_eval on it gives the reported values, bitwise
+    reported = {m: {r["qid"]: r["value"] for r in table if r["measure"] == m} for m in MEASURES}
+    run = check_run_file(tmp_path / "zero_shot.run", "tiny-bert.zero_shot.toy",
+                         split_qrels(bert["split"]), reported)
+    assert sum(len(docs) for docs in run.values()) == 40
 
     tokenizer = AutoTokenizer.from_pretrained(bert["base"])
     model = AutoModel.from_pretrained(bert["base"]).eval()
@@ -65,4 +70,4 @@ def test_bad_method_is_a_clear_error(bert, tmp_path) -> None:
     with pytest.raises(ValueError, match="zero_shot.method must be one of bi_encoder"):
         evaluate_zero_shot(_params(zero_shot={"method": "cross"}), bert["base"], bert["split"],
                            tmp_path / "m.parquet", tmp_path / "s.json", progress=False)
-    assert not (tmp_path / "m.parquet").exists()
+    assert not (tmp_path / "m.parquet").exists() and not (tmp_path / "zero_shot.run").exists()

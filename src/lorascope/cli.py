@@ -83,7 +83,7 @@ def _prepare_train(args: argparse.Namespace) -> None:
 def _first_stage(args: argparse.Namespace) -> None:
     from lorascope.first_stage import evaluate_first_stage
 
-    evaluate_first_stage(args.params, args.split_dir, args.metrics, args.summary)
+    evaluate_first_stage(args.params, args.split_dir, args.metrics, args.summary, args.run)
 
 
 def _prepare_base(args: argparse.Namespace) -> None:
@@ -104,10 +104,17 @@ def _extract(args: argparse.Namespace) -> None:
     extract_adapter(args.params, args.train_dir, args.base, args.out)
 
 
+def _import(args: argparse.Namespace) -> None:
+    from lorascope.importing import import_adapter
+
+    import_adapter(args.params, args.base, args.out)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from lorascope.evaluate import evaluate
 
-    evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary)
+    evaluate(args.params, args.base, args.adapter, args.split_dir, args.scores, args.metrics, args.summary,
+             args.runs)
 
 
 def _evaluate_checkpoints(args: argparse.Namespace) -> None:
@@ -120,7 +127,7 @@ def _evaluate_checkpoints(args: argparse.Namespace) -> None:
 def _zero_shot(args: argparse.Namespace) -> None:
     from lorascope.zero_shot import evaluate_zero_shot
 
-    evaluate_zero_shot(args.params, args.base, args.split_dir, args.metrics, args.summary)
+    evaluate_zero_shot(args.params, args.base, args.split_dir, args.metrics, args.summary, args.run)
 
 
 def die_with_parent(parent: int = 0) -> None:
@@ -205,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", required=True)
     p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
     p.add_argument("--summary", required=True, help="summary JSON")
+    p.add_argument("--run", metavar="FILE", help="the ranking's TREC run (default: "
+                   "first_stage.run beside --metrics)")
     p = add("prepare-base", _prepare_base, "Prepare a base model directory (hub/local/package/GGUF/tiny).")
     p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--out", required=True, help="base model directory")
@@ -224,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-dir", required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
+    p = add("import-adapter", _import, "Check a LoRA adapter trained elsewhere against the base "
+            "model and write it as an extracted adapter + manifest.")
+    p.add_argument("--params", type=params_arg, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
     p = add("evaluate", _evaluate, "Score a split under every ablation of a sweep (one checkpoint).")
     p.add_argument("--params", type=params_arg, required=True)
     p.add_argument("--base", required=True)
@@ -232,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--summary", required=True)
+    p.add_argument("--runs", metavar="DIR", help="folder of TREC runs, <ablation>.run each "
+                   "(default: runs/ beside --scores)")
 
     p = add("evaluate-checkpoints", _evaluate_checkpoints,
             "Score the full adapter of every checkpoint of a run on a split (one model load).")
@@ -240,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
                    help="an extracted checkpoint (repeat for every step)")
     p.add_argument("--split-dir", required=True)
-    p.add_argument("--out", required=True, help="output folder (one step-<N>/ per checkpoint)")
+    p.add_argument("--out", required=True, help="output folder (one step-<N>/ per checkpoint, "
+                   "with its scores, metrics, summary and TREC run full.run)")
 
     p = add("evaluate-zero-shot", _zero_shot,
             "Rank a split with the base model alone (e.g. a bi-encoder's cosine): the zero-shot row.")
@@ -249,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", required=True)
     p.add_argument("--metrics", required=True, help="per-query metrics Parquet")
     p.add_argument("--summary", required=True, help="summary JSON")
+    p.add_argument("--run", metavar="FILE", help="the ranking's TREC run (default: "
+                   "zero_shot.run beside --metrics)")
 
     for analysis in ANALYSES:  # each analysis adds its stages' subcommands
         load(analysis.module("cli"), "add_commands")(add)

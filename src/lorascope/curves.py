@@ -9,7 +9,9 @@ N checkpoints pays one process start and one model load instead of N.
 
 Outputs, in ``out_dir/step-<N>/`` for each step: ``scores.parquet``, ``metrics.parquet`` and
 ``summary.json``, exactly what an ``evaluate`` job of the built-in sweep ``checkpoints`` (the
-full adapter alone) writes for that step, plus ``out_dir/summary.json`` with the run's timing.
+full adapter alone) writes for that step, and ``full.run``, the TREC run of those scores
+(tagged ``<model>.<adapter>.step-<N>.checkpoints.full``, the file an ``evaluate`` job writes
+as ``runs/full.run``); plus ``out_dir/summary.json`` with the run's timing.
 
 ``params`` (the rule's config slice)::
 
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope.core import fileio, provenance
+from lorascope.core import fileio, provenance, trec
 from lorascope.core.adapters import verified_manifest
 from lorascope.core.contracts import SCORES, ParquetSink
 from lorascope.core.names import CHECKPOINTS, FULL, checkpoint_name
@@ -38,7 +40,7 @@ from lorascope.data.splits import read_split
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate_checkpoints"
-OUTPUTS = ("scores.parquet", "metrics.parquet", "summary.json")
+OUTPUTS = ("scores.parquet", "metrics.parquet", "summary.json", f"{FULL}{trec.RUN_SUFFIX}")
 
 
 def step_dir(out_dir: str | Path, step: int) -> Path:
@@ -78,6 +80,7 @@ def evaluate_checkpoints(
     eval_params = {**{k: v for k, v in params.items() if k != "steps"}, "sweep": CHECKPOINTS,
                    "ablations": [{"name": FULL, "zeroed": []}]}
     settings = EvalSettings.from_params(eval_params)
+    tags = {step: trec.sweep_tagger({**eval_params, "step": step})(FULL) for step in steps}
     device = default_device()
     precision = settings.scoring.resolve(device)
     order = [steps[-1], *steps[:-1]]  # the last one is loaded, the others swapped in
@@ -116,6 +119,7 @@ def evaluate_checkpoints(
         out.mkdir(parents=True, exist_ok=True)
         with ParquetSink(out / OUTPUTS[0], SCORES, record) as sink:
             sink.write_rows(score_rows(FULL, scores))
+        trec.write_run(out / OUTPUTS[3], scores, tags[step])
         per_query = write_metrics(out / OUTPUTS[1], {FULL: scores}, qrels, settings.measures,
                                   record)
         summary = sweep_summary({**eval_params, "step": step}, settings, per_query, timing,

@@ -10,7 +10,8 @@ A file's sha256 is the wrong test for that: every Parquet artifact carries its p
   the columns that hold wall-clock measurements (:data:`TIMING_COLUMNS`: the boundary
   comparison's pairs/s and speed-up);
 * every adapter (extracted, pruned, SVD-compressed; any folder with
-  ``adapter_model.safetensors``): the bytes of its weights and of its ``adapter_config.json``.
+  ``adapter_model.safetensors``): the bytes of its weights and of its ``adapter_config.json``;
+* every exported TREC run (``*.run``): its bytes (scores, ranks, tags; no timings).
 
 JSON summaries, logs and benchmark files are left out (they hold timings and paths). Two runs
 with equal digests computed the same scores, metrics, tables and adapters, bitwise.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from lorascope.core.adapters import ADAPTER_FILES
 from lorascope.core.contracts import content_digest
+from lorascope.core.trec import RUN_SUFFIX
 
 #: Folders under results/<study>/ that hold no results (logs, timings, resumable state).
 SKIPPED = ("logs", "benchmarks", "work")
@@ -44,7 +46,8 @@ def table_digest(path: str | Path) -> str:
 
 
 def content_digests(results_dir: str | Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every table and adapter file under ``results_dir``."""
+    """``{relative path: sha256}`` of every table, adapter file and TREC run under
+    ``results_dir``."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such results folder")
@@ -55,7 +58,8 @@ def content_digests(results_dir: str | Path) -> dict[str, str]:
             continue
         if path.suffix == ".parquet":
             out[rel.as_posix()] = table_digest(path)
-        elif path.name in ADAPTER_FILES and (path.parent / ADAPTER_FILES[0]).is_file():
+        elif path.suffix == RUN_SUFFIX or (
+                path.name in ADAPTER_FILES and (path.parent / ADAPTER_FILES[0]).is_file()):
             out[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 

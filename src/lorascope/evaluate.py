@@ -22,7 +22,11 @@ Outputs:
 * summary JSON: per ablation the aggregate metrics, delta vs ``full``, raw and corrected
   paired p-values per measure with a ``significant`` flag, queries, zeroed modules,
   padded/real token ratio, wall time and pairs/s; plus the run's identifying fields and
-  provenance.
+  provenance;
+* a folder of TREC runs (``runs/`` beside the scores unless named): ``<ablation>.run`` per
+  ablation, tagged ``<model>.<adapter>.step-<step>.<sweep>.<ablation>``, exactly the scores the
+  metrics were computed from (:mod:`lorascope.core.trec`: trec_eval on them gives the reported
+  metrics), written as a whole or not at all.
 
 ``params`` of :func:`score_sweep` (the stage's slice with the sweep resolved)::
 
@@ -32,11 +36,11 @@ Outputs:
     significance: {test: wilcoxon, correction: holm, alpha: 0.05}
     scoring:      {batch_tokens: 16384, max_length: 256, dtype: float32}
     model, adapter, step, sweep, split: identifying fields, copied into the summary
+                                        (all but split name the runs too)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,7 +48,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorascope.core import fileio, provenance
+from lorascope.core import fileio, provenance, trec
 from lorascope.core.adapters import verified_manifest
 from lorascope.core.ablation import Ablation
 from lorascope.core.contracts import SCORES, ParquetSink
@@ -76,9 +80,11 @@ def evaluate(
     out_scores: str | Path,
     out_metrics: str | Path,
     out_summary: str | Path,
+    out_runs: str | Path | None = None,
 ) -> None:
     """The stage: check the adapter belongs to this base, resolve the sweep against the model
-    and the modules the adapter trained, then score every ablation (:func:`score_sweep`)."""
+    and the modules the adapter trained, then score every ablation (:func:`score_sweep`;
+    ``out_runs``: the folder of TREC runs, by default ``runs/`` beside ``out_scores``)."""
     from lorascope.core import adapters
     from lorascope.core.ablation import resolve_sweep
     from lorascope.core.lora_factors import adapter_rank
@@ -97,20 +103,17 @@ def evaluate(
         rank=adapter_rank(adapter_dir),
     )
     resolved = {**params, "ablations": [a.to_params() for a in ablations]}
-    score_sweep(resolved, base_dir, adapter_dir, split_dir, out_scores, out_metrics, out_summary)
+    score_sweep(resolved, base_dir, adapter_dir, split_dir, out_scores, out_metrics, out_summary,
+                out_runs=out_runs)
 
 
 def trained_modules(adapter_dir: str | Path, arch) -> set[tuple[int, str]]:
-    """The (layer, role) modules an adapter has LoRA weights for, from its adapter_config."""
-    from lorascope.core.roles import parse_module_name
+    """The (layer, role) modules an adapter has LoRA weights for, from the tensor names of
+    its safetensors file (whatever its ``target_modules`` say: full names, or the short
+    suffixes plain peft users write)."""
+    from lorascope.core.foreign import lora_modules
 
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    targets = config["target_modules"]
-    if isinstance(targets, str):
-        raise ValueError(f"{adapter_dir}: target_modules is a pattern ({targets!r}), not a list")
-    found = {parse_module_name(arch, name) for name in targets}
-    found.discard(None)
-    return found  # type: ignore[return-value]
+    return set(lora_modules(Path(adapter_dir) / "adapter_model.safetensors", arch))
 
 
 def score_sweep(
@@ -122,9 +125,12 @@ def score_sweep(
     out_metrics: str | Path,
     out_summary: str | Path,
     *,
+    out_runs: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score every ablation of a sweep on a split and write scores, metrics and summary.
+    """Score every ablation of a sweep on a split and write scores, metrics, summary and one
+    TREC run per ablation (into ``out_runs``, by default ``runs/`` beside ``out_scores``;
+    written once the sweep and its reproduction check passed).
 
     Returns:
         The summary written to ``out_summary``.
@@ -139,6 +145,8 @@ def score_sweep(
     from lorascope.models.reranker import default_device
 
     settings = EvalSettings.from_params(params)
+    tag = trec.sweep_tagger(params)
+    runs_dir = Path(out_scores).with_name(trec.RUNS_DIR) if out_runs is None else Path(out_runs)
 
     device = default_device()
     precision = settings.scoring.resolve(device)
@@ -191,6 +199,7 @@ def score_sweep(
             sink.write_rows(score_rows(ablation.name, scores))
         if len(settings.ablations) > 1:  # nothing was switched when `full` is all there is
             _check_reproduction(prepared, model, device, runs[FULL], timing[FULL]["plan_version"])
+    trec.write_runs(runs_dir, runs, tag)
 
     per_query = write_metrics(out_metrics, runs, qrels, settings.measures, record)
 

@@ -3,7 +3,11 @@
 Scores the candidates of a split in their first-stage order (rank 1 first, so ties in the
 retriever's scores cannot reorder them), and the floor a reranker must beat: a random
 reordering of the same candidates (per-query mean over seeded shuffles). Writes per-query
-metrics (ablations ``first_stage`` and ``random``) plus a JSON summary.
+metrics (ablations ``first_stage`` and ``random``), a JSON summary and the TREC run of the
+first-stage ranking as it was scored (``first_stage.run`` beside the metrics unless named,
+tagged ``first_stage.<split>``): its score is minus the first-stage rank, the value the
+metrics order by, so trec_eval on it gives the reported first-stage row exactly; the random
+floor, a mean over shuffles, has no single run.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope.core import fileio, metrics, provenance
+from lorascope.core import fileio, metrics, provenance, trec
 from lorascope.core.contracts import CANDIDATES, METRICS, QRELS, read_table, write_table
 from lorascope.core.names import FIRST_STAGE, RANDOM
 from lorascope.data.splits import check_not_empty, split_paths
@@ -49,19 +53,28 @@ def random_floor(
 
 
 def evaluate_first_stage(
-    params: Mapping[str, Any], split_dir: str | Path, metrics_path: str | Path, summary_path: str | Path
+    params: Mapping[str, Any],
+    split_dir: str | Path,
+    metrics_path: str | Path,
+    summary_path: str | Path,
+    run_path: str | Path | None = None,
 ) -> dict[str, float]:
-    """The stage: the split's first-stage ranking and its random floor, per query and mean."""
+    """The stage: the split's first-stage ranking and its random floor, per query and mean,
+    and the ranking's TREC run (``run_path``, by default ``first_stage.run`` beside
+    ``metrics_path``)."""
+    tag = trec.run_tag(FIRST_STAGE, params["split"])
+    run_path = (Path(metrics_path).with_name(f"{FIRST_STAGE}{trec.RUN_SUFFIX}")
+                if run_path is None else Path(run_path))
     paths = split_paths(Path(split_dir))
     cands = check_not_empty(read_table(paths["candidates"], CANDIDATES,
                                        columns=["qid", "docid", "rank"]),
                             paths["candidates"], "candidates")
     qrels = check_not_empty(read_table(paths["qrels"], QRELS), paths["qrels"], "judgements")
-    run = zip(
+    run = list(zip(
         cands.column("qid").to_pylist(),
         cands.column("docid").to_pylist(),
         (-float(r) for r in cands.column("rank").to_pylist()),
-    )
+    ))
     values = metrics.per_query(qrels, run, params["metrics"])
     means = metrics.aggregate(values)
     qids, docids = cands.column("qid").to_pylist(), cands.column("docid").to_pylist()
@@ -71,6 +84,7 @@ def evaluate_first_stage(
     for key, column in metrics.to_rows(floor, RANDOM).items():
         rows[key] += column
     write_table(metrics_path, rows, METRICS, record)
+    trec.write_run(run_path, {(qid, docid): score for qid, docid, score in run}, tag)
     n_queries = len(next(iter(values.values())))
     fileio.write_json(
         summary_path,

@@ -15,7 +15,10 @@ Methods (``models.<name>.zero_shot``):
   is their cosine. Passages are cut at ``max_length`` tokens (sentence-transformers' default
   for all-MiniLM-L6-v2 is 256).
 
-Writes per-query metrics (METRICS contract, ablation ``zero_shot``) and a summary JSON.
+Writes per-query metrics (METRICS contract, ablation ``zero_shot``), a summary JSON and the
+TREC run of the cosines (``zero_shot.run`` beside the metrics unless named, tagged
+``<model>.zero_shot.<split>``): trec_eval on it gives the reported metrics exactly
+(:mod:`lorascope.core.trec`).
 
 ``params`` (the rule's config slice)::
 
@@ -33,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lorascope.core import fileio, metrics, provenance
+from lorascope.core import fileio, metrics, provenance, trec
 from lorascope.core.contracts import METRICS, write_table
 from lorascope.core.names import ZERO_SHOT
 from lorascope.core.precision import describe, resolve
@@ -91,10 +94,12 @@ def evaluate_zero_shot(
     split_dir: str | Path,
     out_metrics: str | Path,
     out_summary: str | Path,
+    out_run: str | Path | None = None,
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Rank a split's candidates with the base model alone; write metrics and a summary."""
+    """Rank a split's candidates with the base model alone; write metrics, a summary and the
+    TREC run (``out_run``, by default ``zero_shot.run`` beside ``out_metrics``)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -102,6 +107,12 @@ def evaluate_zero_shot(
 
     spec = dict(params.get("zero_shot") or {})
     pooling, max_length = _check(spec)
+    missing = [k for k in ("model", "split") if params.get(k) is None]
+    if missing:
+        raise ValueError(f"evaluate_zero_shot params: {missing} missing; they name the TREC run")
+    tag = trec.run_tag(params["model"], ZERO_SHOT, params["split"])
+    run_path = (Path(out_metrics).with_name(f"{ZERO_SHOT}{trec.RUN_SUFFIX}") if out_run is None
+                else Path(out_run))
     measures = list(params["metrics"])
     scoring = dict(params.get("scoring") or {})
     device = default_device()
@@ -126,6 +137,7 @@ def evaluate_zero_shot(
     record = provenance.record(STAGE, params, base_dir=str(base_dir), split_dir=str(split_dir),
                                device=device, precision=describe(precision))
     write_table(out_metrics, metrics.to_rows(per_query, ZERO_SHOT), METRICS, record)
+    trec.write_run(run_path, {(qid, docid): score for qid, docid, score in run}, tag)
     means = metrics.aggregate(per_query)
     summary = {
         "model": params.get("model"),

@@ -5,6 +5,7 @@
 from functools import cache
 
 from lorascope.analyses import registry
+from lorascope.core.adapters import ADAPTER_FILES
 from lorascope.core.names import REPORT_PAGES, SPLIT_TABLES
 from lorascope.study import plan, slices
 from lorascope.study.codedeps import code_version
@@ -18,6 +19,10 @@ from lorascope.study.parse import load_study, read_config_files
 # Relative model paths resolve from the directory of the config file that names them.
 STUDY = load_study(config, read_config_files(workflow.configfiles))
 plan.check_plan(STUDY)  # ablation specs against each model's depth and roles
+# Adapter names: a trained run's (r<rank>-<targets>[-<variant>]) and an imported adapter's (no
+# dash), so that extract_adapter and import_adapter never claim the same output.
+TRAINED_ADAPTER = r"r\d+-[a-z][a-z0-9_]*(-[a-z][a-z0-9_]*)?"
+IMPORTED_ADAPTER = r"[a-z][a-z0-9_]*"
 # The conda environment of every rule, relative to the rule file (analyses sit one level down).
 ENV = "../../envs/lorascope.yaml"
 ANALYSIS_ENV = "../../../envs/lorascope.yaml"
@@ -102,13 +107,13 @@ def adapter_dir(model, adapter, step):
 
 def checkpoint_dirs(wildcards):
     """Every extracted checkpoint of one run, in step order."""
-    steps = STUDY.models[wildcards.model].training.steps
+    steps = STUDY.models[wildcards.model].steps_of(wildcards.adapter)
     return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
 
 
 def checkpoint_args(wildcards):
     """`--adapter STEP=DIR` for every checkpoint of the run (checkpoint_dirs' order)."""
-    steps = STUDY.models[wildcards.model].training.steps
+    steps = STUDY.models[wildcards.model].steps_of(wildcards.adapter)
     return " ".join(
         f"--adapter {step}={d}" for step, d in zip(steps, checkpoint_dirs(wildcards))
     )
@@ -118,8 +123,8 @@ def adapter_targets():
     return [
         adapter_dir(m.name, a.name, step)
         for m in STUDY.models.values()
-        for a in m.training.adapters
-        for step in m.training.steps
+        for a in m.adapters()
+        for step in m.steps_of(a.name)
     ]
 
 
@@ -164,13 +169,13 @@ def curve_dir(job):
 
 def curve_checkpoints(wildcards):
     """The extracted checkpoints a curve job scores (every step, or the last one only)."""
-    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.split)
+    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.adapter, wildcards.split)
     return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
 
 
 def curve_args(wildcards):
     """`--adapter STEP=DIR` for every checkpoint of a curve job."""
-    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.split)
+    steps = plan.curve_steps(STUDY, wildcards.model, wildcards.adapter, wildcards.split)
     return " ".join(
         f"--adapter {step}={d}" for step, d in zip(steps, curve_checkpoints(wildcards))
     )
@@ -196,6 +201,19 @@ def train_data_code(wildcards):
         g for d in STUDY.train.datasets for g in embedded_tables(STUDY.train.source, d)
     ]
     return code_version("lorascope.data.prepare:prepare_train", data=data)
+
+
+def imported_files(wildcards):
+    """A local imported adapter's files (a changed file reruns its import); none from the hub."""
+    source = plan.adapter_of(STUDY.models[wildcards.model], wildcards.adapter).source
+    if "path" not in source:
+        return []
+    return [f"{source['path']}/{name}" for name in ADAPTER_FILES]
+
+
+def split_files(wildcards):
+    """The split's own files (source: files, or a run file): a changed file reruns it."""
+    return STUDY.splits[wildcards.split].files()
 
 
 def split_data_code(wildcards):
@@ -243,7 +261,9 @@ def evaluate_priority(wildcards):
 
 def curve_priority(wildcards):
     """A curve job's scoring passes: one per checkpoint."""
-    return len(plan.curve_steps(STUDY, wildcards.model, wildcards.split))
+    return len(
+        plan.curve_steps(STUDY, wildcards.model, wildcards.adapter, wildcards.split)
+    )
 
 
 def train_runtime(wildcards):

@@ -23,6 +23,8 @@ rule prepare_train:
 
 
 rule prepare_split:
+    input:
+        split_files,
     output:
         split_tables(),
     log:

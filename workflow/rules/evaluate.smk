@@ -51,6 +51,9 @@ rule evaluate:
         summary=results(
             "eval/{model}/{adapter}/step-{step}/{sweep}/{split}/summary.json"
         ),
+        runs=directory(
+            results("eval/{model}/{adapter}/step-{step}/{sweep}/{split}/runs")
+        ),
     log:
         logs("evaluate/{model}/{adapter}/step-{step}/{sweep}/{split}.log"),
     benchmark:
@@ -70,7 +73,7 @@ rule evaluate:
     shell:
         "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate --params {params.cfg:q} --base {input.base}"
         " --adapter {input.adapter} --split-dir {params.split_dir} --scores {output.scores}"
-        " --metrics {output.metrics} --summary {output.summary} 2> {log}"
+        " --metrics {output.metrics} --summary {output.summary} --runs {output.runs} 2> {log}"
 
 
 rule evaluate_zero_shot:
@@ -80,6 +83,7 @@ rule evaluate_zero_shot:
     output:
         metrics=results("zero_shot/{model}/{split}/metrics.parquet"),
         summary=results("zero_shot/{model}/{split}/summary.json"),
+        run=results("zero_shot/{model}/{split}/zero_shot.run"),
     log:
         logs("evaluate_zero_shot/{model}/{split}.log"),
     benchmark:
@@ -98,4 +102,4 @@ rule evaluate_zero_shot:
     shell:
         "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate-zero-shot --params {params.cfg:q}"
         " --base {input.base} --split-dir {params.split_dir} --metrics {output.metrics}"
-        " --summary {output.summary} 2> {log}"
+        " --summary {output.summary} --run {output.run} 2> {log}"

@@ -8,6 +8,7 @@ rule evaluate_first_stage:
     output:
         metrics=results("first_stage/{split}/metrics.parquet"),
         summary=results("first_stage/{split}/summary.json"),
+        run=results("first_stage/{split}/first_stage.run"),
     log:
         logs("evaluate_first_stage/{split}.log"),
     benchmark:
@@ -25,7 +26,7 @@ rule evaluate_first_stage:
         code=code_version("lorascope.first_stage"),
     shell:
         "exec lorascope --die-with-parent=$PPID --threads {threads} --gpus {resources.gpu} evaluate-first-stage --params {params.cfg:q} --split-dir {params.split_dir}"
-        " --metrics {output.metrics} --summary {output.summary} 2> {log}"
+        " --metrics {output.metrics} --summary {output.summary} --run {output.run} 2> {log}"
 
 
 rule data_all:

@@ -33,6 +33,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lorascope.data import common
+from lorascope.data.ranking import IdCodec, TopScored
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ BATCH_QUERIES = 512
 DOCPAIRS_PREFIX = "docpairs:"
 SCOREDDOCS = "scoreddocs"
 
-_INT_CODE_LIMIT = 2**31  # numeric ids below this are stored as themselves (array 'i')
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -118,96 +118,10 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-class _IdCodec:
-    """Maps string ids to 32-bit ints: canonical decimal ids as themselves, others interned."""
-
-    def __init__(self) -> None:
-        self._codes: dict[str, int] = {}
-        self._names: list[str] = []
-
-    def encode(self, doc_id: str) -> int:
-        if doc_id.isdigit() and (doc_id == "0" or doc_id[0] != "0"):
-            value = int(doc_id)
-            if value < _INT_CODE_LIMIT:
-                return value
-        code = self._codes.get(doc_id)
-        if code is None:
-            code = -(len(self._names) + 1)
-            if -code > _INT_CODE_LIMIT:
-                raise OverflowError("too many non-numeric document ids")
-            self._codes[doc_id] = code
-            self._names.append(doc_id)
-        return code
-
-    def decode(self, code: int) -> str:
-        return str(code) if code >= 0 else self._names[-code - 1]
-
-
-class _TopScored:
-    """Per-query top-``depth`` scoreddocs by score (descending, ties in stream order).
-
-    Bounded memory: a query's list is cut back to ``depth`` whenever it reaches ``2 * depth``,
-    and once ``depth`` entries are held, any entry scoring no higher than the lowest held one
-    is skipped (with ties broken by stream order it could only rank below them). For a run
-    file already in rank order (or all scores equal, as the MS MARCO BM25 lists) exactly
-    ``depth`` entries are ever held.
-    """
-
-    def __init__(self, qids: Iterable[str], depth: int, codec: _IdCodec) -> None:
-        self.depth = depth
-        self.codec = codec
-        self.ids: dict[str, array] = {q: array("i") for q in qids}
-        self.scores: dict[str, array] = {q: array("d") for q in self.ids}
-        self.floor: dict[str, float] = {}
-
-    def add(self, qid: str, doc_id: str, score: float) -> None:
-        ids = self.ids.get(qid)
-        if ids is None:
-            return
-        floor = self.floor.get(qid)
-        if floor is not None and score <= floor:
-            return
-        scores = self.scores[qid]
-        ids.append(self.codec.encode(doc_id))
-        scores.append(score)
-        if len(ids) == self.depth and floor is None:
-            self.floor[qid] = min(scores)
-        elif len(ids) >= 2 * self.depth:
-            self._trim(qid)
-
-    def _order(self, qid: str) -> list[int]:
-        scores = self.scores[qid]
-        return sorted(range(len(scores)), key=lambda i: -scores[i])[: self.depth]
-
-    def _trim(self, qid: str) -> None:
-        keep = self._order(qid)
-        ids, scores = self.ids[qid], self.scores[qid]
-        self.ids[qid] = array("i", (ids[i] for i in keep))
-        self.scores[qid] = array("d", (scores[i] for i in keep))
-        self.floor[qid] = self.scores[qid][-1]
-
-    def ranked(self, qid: str) -> list[tuple[int, float]]:
-        """The query's kept (code, score) pairs, best first, duplicates removed."""
-        ids, scores = self.ids[qid], self.scores[qid]
-        seen: set[int] = set()
-        out = []
-        for i in self._order(qid):
-            if ids[i] not in seen:
-                seen.add(ids[i])
-                out.append((ids[i], scores[i]))
-        return out
-
-    def pop(self, qid: str) -> list[tuple[int, float]]:
-        ranked = self.ranked(qid)
-        del self.ids[qid], self.scores[qid]
-        self.floor.pop(qid, None)
-        return ranked
-
-
 def _stream_top_scored(
-    ds: Any, dataset: str, qids: Collection[str], depth: int, codec: _IdCodec
-) -> _TopScored:
-    top = _TopScored(qids, depth, codec)
+    ds: Any, dataset: str, qids: Collection[str], depth: int, codec: IdCodec
+) -> TopScored:
+    top = TopScored(qids, depth, codec)
     with _loading(dataset, "the scoreddocs"):
         stream = ds.scoreddocs_iter()
         for sd in tqdm(stream, desc=f"{dataset} scoreddocs", unit="doc", disable=None):
@@ -342,7 +256,7 @@ def _train_groups(
     )
 
     # 3. Negatives as capped per-query arrays of integer doc-id codes.
-    codec = _IdCodec()
+    codec = IdCodec()
     if use_docpairs:
         negs = _stream_docpair_negatives(
             neg_ds, neg_dataset, positives, judged_relevant, negatives_depth, codec
@@ -391,7 +305,7 @@ def _stream_docpair_negatives(
     positives: Mapping[str, list[str]],
     judged_relevant: Mapping[str, set[str]],
     depth: int,
-    codec: _IdCodec,
+    codec: IdCodec,
 ) -> dict[str, array]:
     """``doc_id_b`` of the docpairs per query: deduplicated, judged-relevant removed, capped."""
     negs: dict[str, array] = {q: array("i") for q in positives}
@@ -418,8 +332,19 @@ def _stream_docpair_negatives(
     return negs
 
 
+def docstore_texts(dataset: str, doc_ids: Collection[str]) -> dict[str, str]:
+    """Texts of ``doc_ids`` from the docstore of ``dataset`` (those it has), batch by batch."""
+    ds = _load(dataset)
+    _require(ds, dataset, "docs", "for passage texts")
+    store = ds.docs_store()
+    texts: dict[str, str] = {}
+    for batch in _batches(sorted(doc_ids), BATCH_QUERIES * 100):
+        texts.update(_fetch_texts(store, dataset, batch))
+    return texts
+
+
 def rerank_split(
-    dataset: str, *, depth: int, qids: Collection[str] | None
+    dataset: str, *, depth: int, qids: Collection[str] | None, run: str | None = None
 ) -> tuple[Iterator[dict], Iterator[dict], Iterator[dict]]:
     """Rows of a reranking split for :func:`common.write_split`: (queries, candidates, qrels).
 
@@ -434,12 +359,17 @@ def rerank_split(
     ``qids`` restricts the split to those queries; ``None`` means every query of the dataset
     that appears in the qrels. Queries, qrels and the ranking are read at once; the candidate
     texts are fetched from the docstore when the candidates iterator is consumed.
+
+    ``run``: a TREC run file that is the first stage instead of the dataset's scoreddocs (for
+    datasets without them, such as BEIR's); a passage it ranks that the docstore lacks is then
+    an error naming the file, not a skipped candidate.
     """
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     ds = _load(dataset)
-    for entity in ("qrels", "scoreddocs", "queries", "docs"):
-        _require(ds, dataset, entity, "for a reranking split")
+    for entity in ("qrels", "queries", "docs") if run else ("qrels", "scoreddocs", "queries", "docs"):
+        _require(ds, dataset, entity, "for a reranking split" + ("" if run else
+                 " (or give the first stage as a run file: data.splits.<name>.run)"))
     if qids is not None:
         qids = frozenset(qids)
 
@@ -461,10 +391,20 @@ def rerank_split(
     qrels = [r for r in qrels if r[0] in queries]
     order = list(queries)  # dataset order
 
-    codec = _IdCodec()
-    top = _stream_top_scored(ds, dataset, queries.keys(), depth, codec)
+    if run:
+        from lorascope.data.files import ranked_top
+
+        top = ranked_top(run, queries.keys(), depth)
+        _check_ranked_in_docstore(ds, dataset, run, top)
+    else:
+        top = _stream_top_scored(ds, dataset, queries.keys(), depth, IdCodec())
     no_run = [q for q in order if not top.ids[q]]
-    if no_run:
+    if no_run and run:  # as for source: files, the split's queries are those the run ranks
+        log.warning("%s: %d judged queries are not in the run %s; left out (e.g. %s)", dataset,
+                    len(no_run), run, no_run[:5])
+        order = [q for q in order if top.ids[q]]
+        qrels = [r for r in qrels if top.ids[r[0]]]
+    elif no_run:
         log.warning("%s: %d queries have no scoreddocs (e.g. %s)", dataset, len(no_run), no_run[:5])
     log.info(
         "%s: %d queries, %d qrels, candidates to depth %d", dataset, len(order), len(qrels), depth
@@ -475,8 +415,22 @@ def rerank_split(
     return query_rows, _candidates(ds, dataset, order, top, depth), qrel_rows
 
 
+def _check_ranked_in_docstore(ds: Any, dataset: str, run: str, top: TopScored) -> None:
+    """Every passage of the run's kept candidates is in the dataset's docstore."""
+    needed = {top.codec.decode(code) for qid in top.ids for code, _ in top.ranked(qid)}
+    store = ds.docs_store()
+    found: set[str] = set()
+    for batch in _batches(sorted(needed), BATCH_QUERIES * 100):
+        with _loading(dataset, "the documents"):
+            found.update(store.get_many(batch))
+    unknown = sorted(needed - found)
+    if unknown:
+        raise ValueError(f"{run}: {len(unknown)} ranked passages are not in the documents of "
+                         f"{dataset!r} (e.g. {', '.join(unknown[:5])})")
+
+
 def _candidates(
-    ds: Any, dataset: str, order: Sequence[str], top: _TopScored, depth: int
+    ds: Any, dataset: str, order: Sequence[str], top: TopScored, depth: int
 ) -> Iterator[dict]:
     store = ds.docs_store()
     missing = 0

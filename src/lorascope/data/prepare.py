@@ -8,6 +8,7 @@ alone.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ def source_module(source: str) -> ModuleType:
         from lorascope.data import irds
 
         return irds
-    raise ValueError(f"unknown data source {source!r} (embedded, ir_datasets)")
+    raise ValueError(f"unknown data source {source!r} (embedded, ir_datasets; a split also files)")
 
 
 def held_out_qids(source: str, dataset: str, sizes: list[int], seed: int) -> set[str]:
@@ -42,14 +43,28 @@ def held_out_qids(source: str, dataset: str, sizes: list[int], seed: int) -> set
     return {q for n in sizes for q in select_queries(all_qids, n, seed)}
 
 
+def _split_rows(split: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    """The (queries, candidates, qrels) rows of a split spec, from its source."""
+    if split["source"] == "files":
+        from lorascope.data import files
+
+        all_qids: Any = functools.partial(files.query_ids, split)
+        rerank: Any = functools.partial(files.rerank_split, split)
+    else:
+        module = source_module(split["source"])
+        all_qids = functools.partial(module.query_ids, split["dataset"])
+        extra = {"run": split["run"]} if split.get("run") else {}
+        rerank = functools.partial(module.rerank_split, split["dataset"], **extra)
+    qids = None
+    if split["queries"] is not None:
+        qids = select_queries(all_qids(), split["queries"], seed)
+    return rerank(depth=split["depth"], qids=qids)
+
+
 def prepare_split(params: Mapping[str, Any], out_dir: str | Path) -> dict[str, int]:
     """Write ``queries``, ``candidates`` and ``qrels`` of one reranking split."""
     split, seed = params["split"], params["seed"]
-    module = source_module(split["source"])
-    qids = None
-    if split["queries"] is not None:
-        qids = select_queries(module.query_ids(split["dataset"]), split["queries"], seed)
-    queries, candidates, qrels = module.rerank_split(split["dataset"], depth=split["depth"], qids=qids)
+    queries, candidates, qrels = _split_rows(split, seed)
     tables = {"queries": queries, "candidates": candidates, "qrels": qrels}
     for name, given in list(tables.items()):  # refuse an empty split before writing any of it
         rows = iter(given)

@@ -46,7 +46,7 @@ def baseline_rows(
             for c in columns
         ]
 
-    rows = [Row(BM25_KEY, BM25_LABEL, cells(BM25_KEY), baseline=True)]
+    rows = [Row(BM25_KEY, first_stage_label(inputs, split), cells(BM25_KEY), baseline=True)]
     floor = cells(RANDOM_KEY)
     if any(cell.value is not None for cell in floor):
         depth = inputs.split_info(split).get("depth")
@@ -74,6 +74,18 @@ def split_label(split: str) -> str:
     return split.upper() if re.fullmatch(r"dl\d\d", split) else split
 
 
+def first_stage_name(inputs: ReportInputs, split: str) -> str:
+    """What ranked the split's candidates: BM25 (the embedded lists, ir_datasets scoreddocs)
+    or the run file a split was given (``run <file name>``)."""
+    return str(inputs.split_info(split).get("first_stage") or "BM25")
+
+
+def first_stage_label(inputs: ReportInputs, split: str) -> str:
+    """The first-stage row's label: ``BM25 (first stage)`` unless the split came from a run."""
+    name = first_stage_name(inputs, split)
+    return BM25_LABEL if name == "BM25" else f"{name} (first stage)"
+
+
 def split_description(split: str, inputs: ReportInputs) -> str:
     info = inputs.split_info(split)
     parts = []
@@ -83,7 +95,7 @@ def split_description(split: str, inputs: ReportInputs) -> str:
     if queries is not None:
         parts.append(f"{queries} judged queries")
     if info.get("depth"):
-        parts.append(f"BM25 top-{info['depth']} reranked")
+        parts.append(f"{first_stage_name(inputs, split)} top-{info['depth']} reranked")
     return f"{split_label(split)} ({', '.join([f'split `{split}`'] + parts)})"
 
 

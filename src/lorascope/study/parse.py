@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from lorascope.core.names import SVD
 from lorascope.core.packages import package_dir
 from lorascope.study.schema import validate
 from lorascope.study.spec import (
+    ImportedAdapter,
+    SPLIT_FILE_KEYS,
     Adapter,
     ConfigError,
     Convergence,
@@ -201,7 +203,7 @@ def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any],
                 f"config key '{key}.tiny.width': {tiny['width']} is not divisible by "
                 f"heads ({tiny['heads']})"
             )
-    return Model(
+    model = Model(
         name=name,
         kind=kind,  # type: ignore[arg-type]
         source=source,
@@ -209,10 +211,109 @@ def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any],
         mechanics_only=raw["mechanics_only"],
         training=_parse_training(merged_training(training, raw.get("training", {})), f"{key}.training"),
         zero_shot=copy.deepcopy(raw["zero_shot"]),
+        imported=tuple(_parse_imported(key, raw["imported"], kind, source, base)),
     )
+    if not model.adapters():
+        raise ConfigError(f"config key '{key}': the model has no adapters (training.adapters "
+                          "is empty and nothing is imported)")
+    return model
 
 
-def _parse_data(raw: Mapping[str, Any]) -> tuple[TrainData, dict[str, Split]]:
+def _parse_imported(
+    key: str, raw: Mapping[str, Any], kind: str, source: Mapping[str, Any], base: Path
+) -> Iterator[ImportedAdapter]:
+    """A model's imported adapters: each located (a local directory; a hub adapter in the
+    local cache) and checked against the base model where its config is knowable now (else
+    the import job checks it)."""
+    from lorascope.core.adapters import AdapterMismatch
+    from lorascope.core.foreign import (
+        config_rank,
+        hub_adapter_dir,
+        inspect_adapter,
+        read_adapter_config,
+    )
+    from lorascope.study.plan import source_config
+
+    base_config = None
+    for name, spec in raw.items():
+        where = f"{key}.imported.{name}"
+        given = [k for k in ("path", "hub") if k in spec]
+        if len(given) != 1:
+            raise ConfigError(f"config key '{where}': give exactly one of path, hub "
+                              f"(got {', '.join(given) or 'none'})")
+        if "revision" in spec and "hub" not in spec:
+            raise ConfigError(f"config key '{where}.revision': only a hub adapter has a revision")
+        try:
+            if "path" in spec:
+                directory = (base / spec["path"]).resolve()
+                if not directory.is_dir():
+                    raise ConfigError(f"config key '{where}.path': {spec['path']!r} is not a "
+                                      f"directory ({directory})")
+                origin: dict[str, Any] = {"path": str(directory)}
+            else:
+                directory = hub_adapter_dir(spec["hub"], spec.get("revision"))
+                # the snapshot's commit: a revision that moves in the cache reruns the import
+                origin = {"hub": spec["hub"], "revision": spec.get("revision"),
+                          "commit": directory.name}
+            if base_config is None:
+                base_config = source_config(kind, source) or {}
+            if base_config:
+                info = inspect_adapter(directory, base_config)
+                rank, targets, variant = info.rank, info.targets_name, info.variant
+                roles_: tuple[str, ...] | None = info.roles
+            else:  # the base's architecture is known only once prepared: the job checks
+                config = read_adapter_config(directory)
+                rank, targets, roles_ = config_rank(config, directory), "imported", None
+                variant = variants.from_flags(dora=bool(config.get("use_dora")),
+                                              rslora=bool(config.get("use_rslora")))
+        except AdapterMismatch as err:
+            raise ConfigError(f"config key '{where}': {err}") from err
+        yield ImportedAdapter(name=name, source=origin, step=spec["step"], rank=rank,
+                              targets_name=targets, variant=tuple(variant),
+                              curves=spec["curves"], roles=roles_)
+
+
+#: Which file keys each split source takes, and which of them it requires.
+_SPLIT_SOURCE_KEYS = {
+    "embedded": ((), ()),
+    "ir_datasets": (("run",), ()),
+    "files": (SPLIT_FILE_KEYS, ("run", "topics", "qrels")),
+}
+
+
+def _parse_split(name: str, spec: Mapping[str, Any], base: Path) -> Split:
+    """One split; its file paths resolved from ``base`` and checked to exist."""
+    key = f"data.splits.{name}"
+    source = spec["source"]
+    allowed, required = _SPLIT_SOURCE_KEYS[source]
+    for field in SPLIT_FILE_KEYS:
+        if field in spec and field not in allowed:
+            raise ConfigError(f"config key '{key}.{field}': a split of source {source!r} takes "
+                              f"no {field} (run: files and ir_datasets; topics, qrels, "
+                              "collection, docstore: files)")
+    for field in required:
+        if field not in spec:
+            raise ConfigError(f"config key '{key}.{field}': a split of source {source!r} needs "
+                              f"its {field} file")
+    if source == "files" and ("collection" in spec) == ("docstore" in spec):
+        raise ConfigError(f"config key '{key}': give the passage texts as exactly one of "
+                          "collection (a TSV/JSONL file) or docstore (an ir_datasets id)")
+    if source != "files" and "dataset" not in spec:
+        raise ConfigError(f"config key '{key}.dataset': a split of source {source!r} names its "
+                          "collection")
+    values = dict(spec)
+    values.setdefault("dataset", name)
+    for field in ("run", "topics", "qrels", "collection"):
+        if field in values:
+            path = (base / values[field]).resolve()
+            if not path.is_file():
+                raise ConfigError(f"config key '{key}.{field}': {values[field]!r} is not a file "
+                                  f"({path})")
+            values[field] = str(path)
+    return Split(name=name, **values)
+
+
+def _parse_data(raw: Mapping[str, Any], base: Path) -> tuple[TrainData, dict[str, Split]]:
     spec = dict(raw["train"])
     if isinstance(spec["dataset"], list):
         spec["dataset"] = tuple(spec["dataset"])
@@ -234,7 +335,7 @@ def _parse_data(raw: Mapping[str, Any]) -> tuple[TrainData, dict[str, Split]]:
     if "train" in raw["splits"]:
         raise ConfigError("config key 'data.splits.train': the name 'train' is reserved for data.train")
     for name, spec in raw["splits"].items():
-        split = Split(name=name, **spec)
+        split = _parse_split(name, spec, base)
         key = f"data.splits.{name}"
         if split.source == "embedded" and split.dataset not in EMBEDDED_DATASETS:
             raise ConfigError(
@@ -330,11 +431,19 @@ def _parse_sweep(
         )
     if raw["step"] != "last":
         for m in chosen:
-            if raw["step"] not in m.training.steps:
+            steps = sorted({s for a in m.adapters() for s in m.steps_of(a.name)})
+            if raw["step"] not in steps:
                 raise ConfigError(
                     f"config key '{key}.step': {raw['step']} is not a checkpoint step of model "
-                    f"{m.name!r} (steps: {list(m.training.steps)})"
+                    f"{m.name!r} (steps: {steps})"
                 )
+            for adapter in raw["adapters"] or []:  # a named adapter must have that checkpoint
+                if adapter in {a.name for a in m.adapters()} and \
+                        raw["step"] not in m.steps_of(adapter):
+                    raise ConfigError(
+                        f"config key '{key}.step': adapter {adapter!r} of model {m.name!r} has "
+                        f"no checkpoint {raw['step']} (its steps: {list(m.steps_of(adapter))})"
+                    )
     names = raw["splits"] if raw["splits"] is not None else list(splits)
     check_split_names(names, splits, f"{key}.splits")
     return Sweep(
@@ -363,8 +472,8 @@ def check_selection(
             )
     chosen = [models[m] for m in (model_names or models)]
     for i, adapter in enumerate(adapter_names or []):
-        if not any(adapter in {a.name for a in m.training.adapters} for m in chosen):
-            known = sorted({a.name for m in chosen for a in m.training.adapters})
+        if not any(adapter in {a.name for a in m.adapters()} for m in chosen):
+            known = sorted({a.name for m in chosen for a in m.adapters()})
             raise ConfigError(
                 f"config key '{key}.adapters[{i}]': no model trains adapter {adapter!r} "
                 f"(adapters: {', '.join(known)})"
@@ -379,12 +488,12 @@ def names_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
 def load_study(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Study:
     """Validate and parse a study config (a dict as read from YAML).
 
-    ``base_dir`` resolves relative model paths: the directory of the config file that names
-    them (:func:`read_config_files`, :func:`load_study_file`).
+    ``base_dir`` resolves relative model and data file paths: the directory of the config
+    file that names them (:func:`read_config_files`, :func:`load_study_file`).
     """
     config = validate(raw)
     base = Path(base_dir)
-    train, splits = _parse_data(config["data"])
+    train, splits = _parse_data(config["data"], base)
     _parse_training(config["training"], "training")  # study-level errors name 'training.*'
     evaluation = _parse_evaluation(config["evaluation"], splits)
     models = {
@@ -432,7 +541,7 @@ def _check_report(
         )
     chosen = raw["table1_adapter"]
     if chosen is not None:
-        adapters = [a for m in models.values() for a in m.training.adapters]
+        adapters = [a for m in models.values() for a in m.adapters()]
         with_curves = sorted({a.name for a in adapters if a.curves})
         if chosen not in {a.name for a in adapters}:
             raise ConfigError(
@@ -531,12 +640,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def read_config_files(paths: Sequence[str | Path]) -> Path:
     """Read the workflow's config files strictly (:func:`read_config_file`: a bad one stops
-    the workflow naming it) and return the directory relative model paths resolve from: that
-    of the last file that sets ``models``, as ``lorascope validate-config`` does for one file
-    (the working directory when no file does, e.g. models given with ``--config``)."""
+    the workflow naming it) and return the directory relative model and data paths resolve
+    from: that of the last file that sets ``models`` or ``data``, as ``lorascope
+    validate-config`` does for one file (the working directory when no file does, e.g. with
+    ``--config`` only)."""
     base = Path(".")
     for path in paths:
-        if "models" in read_config_file(path):
+        raw = read_config_file(path)
+        if "models" in raw or "data" in raw:
             base = Path(path).resolve().parent
     return base
 

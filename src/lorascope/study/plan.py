@@ -8,7 +8,7 @@ ablation specs are checked against it before any job starts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ class EvalJob:
     split: str
 
 
-def _config_shape(config_json: Path) -> Shape | None:
+def _read_config(config_json: Path) -> dict[str, Any] | None:
     if not config_json.is_file():
         return None
     try:
@@ -42,45 +42,58 @@ def _config_shape(config_json: Path) -> Shape | None:
         raise ConfigError(f"{config_json}: not a readable JSON model config ({err})") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"{config_json}: not a model config (a JSON object is expected)")
+    return cfg
+
+
+def source_config(kind: str, source: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A base model's ``config.json`` as far as it is knowable without loading weights (a
+    tiny model's from its spec), or None (hub models not in the local cache, GGUF files):
+    then the job checks at its start."""
+    if kind == "tiny":
+        tiny = source["tiny"]
+        return {"model_type": tiny["architecture"], "num_hidden_layers": tiny["layers"],
+                "hidden_size": tiny["width"], "intermediate_size": 4 * tiny["width"]}
+    if kind == "path":
+        return _read_config(Path(source["path"]) / "config.json")
+    if kind == "package":
+        root = package_dir(source["package"]["name"])
+        if root is None:
+            return None
+        return _read_config(root / source["package"]["path"] / "config.json")
+    if kind == "hub":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers depends on it
+            return None
+        found = try_to_load_from_cache(source["hub"], "config.json", revision=source.get("revision"))
+        return _read_config(Path(found)) if isinstance(found, str) else None
+    return None
+
+
+def model_shape(model: Model) -> Shape | None:
+    """Architecture and depth from the config alone (:func:`source_config`), or None."""
+    cfg = source_config(model.kind, model.source)
+    if cfg is None:
+        return None
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
     if "model_type" not in cfg or layers is None:
         return None
     return Shape(cfg["model_type"], int(layers))
 
 
-def model_shape(model: Model) -> Shape | None:
-    """Architecture and depth from the config alone, or None when only the weights tell
-    (hub models not in the local cache, GGUF files): then the job checks at its start."""
-    source = model.source
-    if model.kind == "tiny":
-        return Shape(source["tiny"]["architecture"], source["tiny"]["layers"])
-    if model.kind == "path":
-        return _config_shape(Path(source["path"]) / "config.json")
-    if model.kind == "package":
-        root = package_dir(source["package"]["name"])
-        if root is None:
-            return None
-        return _config_shape(root / source["package"]["path"] / "config.json")
-    if model.kind == "hub":
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - transformers depends on it
-            return None
-        found = try_to_load_from_cache(source["hub"], "config.json", revision=source.get("revision"))
-        return _config_shape(Path(found)) if isinstance(found, str) else None
-    return None
-
-
 def sweep_applies(sweep: Sweep, model: Model) -> list[str]:
-    """The adapters of ``model`` that ``sweep`` evaluates."""
+    """The adapters of ``model`` that ``sweep`` evaluates (an imported adapter only at its
+    one step, when the sweep names a step)."""
     if sweep.models is not None and model.name not in sweep.models:
         return []
-    names = [a.name for a in model.training.adapters]
+    names = [a.name for a in model.adapters()
+             if sweep.step == "last" or int(sweep.step) in model.steps_of(a.name)]
     return names if sweep.adapters is None else [n for n in names if n in sweep.adapters]
 
 
-def sweep_step(sweep: Sweep, model: Model) -> int:
-    return model.training.steps[-1] if sweep.step == "last" else int(sweep.step)
+def sweep_step(sweep: Sweep, model: Model, adapter: str) -> int:
+    """The checkpoint of ``adapter`` that ``sweep`` evaluates."""
+    return model.steps_of(adapter)[-1] if sweep.step == "last" else int(sweep.step)
 
 
 @dataclass(frozen=True)
@@ -102,19 +115,19 @@ def curve_jobs(study: Study) -> Iterator[CurveJob]:
     ``evaluation.final_splits``; one job per run and split (adapters with ``curves: false``
     have none)."""
     for model in study.models.values():
-        steps = tuple(model.training.steps)
-        for adapter in model.training.adapters:
+        for adapter in model.adapters():
             if not adapter.curves:
                 continue
+            steps = model.steps_of(adapter.name)
             for split in study.evaluation.splits:
                 yield CurveJob(model.name, adapter.name, split, steps)
             for split in study.evaluation.final_splits:
                 yield CurveJob(model.name, adapter.name, split, steps[-1:])
 
 
-def curve_steps(study: Study, model: str, split: str) -> tuple[int, ...]:
-    """The checkpoints a curve job of ``model`` scores on ``split``."""
-    steps = tuple(study.models[model].training.steps)
+def curve_steps(study: Study, model: str, adapter: str, split: str) -> tuple[int, ...]:
+    """The checkpoints a curve job of ``model``'s ``adapter`` scores on ``split``."""
+    steps = study.models[model].steps_of(adapter)
     return steps if split in study.evaluation.splits else steps[-1:]
 
 
@@ -132,7 +145,8 @@ def sweep_jobs(study: Study) -> Iterator[EvalJob]:
         for model in study.models.values():
             for adapter in sweep_applies(sweep, model):
                 for split in sweep.splits:
-                    yield EvalJob(model.name, adapter, sweep_step(sweep, model), sweep.name, split)
+                    yield EvalJob(model.name, adapter, sweep_step(sweep, model, adapter),
+                                  sweep.name, split)
 
 
 def stored_rank(adapter) -> int:
@@ -142,7 +156,8 @@ def stored_rank(adapter) -> int:
 
 
 def adapter_of(model: Model, name: str):
-    for adapter in model.training.adapters:
+    """One adapter of ``model`` by name, trained or imported."""
+    for adapter in model.adapters():
         if adapter.name == name:
             return adapter
     raise KeyError(f"model {model.name!r} has no adapter {name!r}")
@@ -166,7 +181,7 @@ def check_plan(study: Study) -> None:
             arch = roles_for(shape.model_type)
         except UnsupportedArchitecture as err:
             raise ConfigError(f"config key 'models.{model.name}': {err}") from err
-        trained_roles = {}
+        trained_roles = {a.name: a.roles or arch.roles for a in model.imported}
         for adapter in model.training.adapters:
             try:
                 trained_roles[adapter.name] = resolve_targets(arch, adapter.targets)
@@ -214,7 +229,7 @@ def adapter_fields(study: Study, model: str, adapter: str) -> dict[str, object]:
     from lorascope.core import variants
 
     a = adapter_of(study.models[model], adapter)
-    return {"rank": a.rank, "targets": a.targets_name, "variant": variants.label(a.variant)}
+    return {"rank": a.rank, "targets": a.summary_targets, "variant": variants.label(a.variant)}
 
 
 def zero_shot_jobs(study: Study) -> list[tuple[str, str]]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lorascope.analyses.registry import ANALYSES, load
 from lorascope.core import variants
 from lorascope.core.names import CHECKPOINTS, EACH_LAYER_ROLE
 from lorascope.study.plan import adapter_of
-from lorascope.study.spec import Study
+from lorascope.study.spec import SPLIT_FILE_KEYS, Study
 
 
 def to_json(value: Any) -> str:
@@ -39,8 +40,12 @@ def train_data(study: Study) -> dict[str, Any]:
 
 
 def split_data(study: Study, split: str) -> dict[str, Any]:
+    """The split's spec (file keys only where given) and the seed."""
     spec = dataclasses.asdict(study.splits[split])
     spec.pop("name")
+    for key in SPLIT_FILE_KEYS:
+        if spec[key] is None:
+            del spec[key]
     return {"split": spec, "seed": study.seed}
 
 
@@ -93,6 +98,12 @@ def extract(study: Study, model: str, adapter: str, step: int) -> dict[str, Any]
     return {**train(study, model, adapter), "step": step}
 
 
+def import_adapter(study: Study, model: str, adapter: str, step: int) -> dict[str, Any]:
+    """An imported adapter: where it comes from and the step it is known by."""
+    a = adapter_of(study.models[model], adapter)
+    return {"model": model, "adapter": adapter, "step": step, "source": dict(a.source)}
+
+
 def evaluate(study: Study, model: str, adapter: str, step: int, sweep: str, split: str) -> dict[str, Any]:
     """One evaluation job: which checkpoint, which ablations, how it is scored and tested."""
     spec = {"ablations": {}} if sweep == CHECKPOINTS else study.sweeps[sweep].spec()
@@ -118,7 +129,7 @@ def evaluate_checkpoints(study: Study, model: str, adapter: str, split: str) -> 
         "model": model,
         "adapter": adapter,
         "split": split,
-        "steps": list(curve_steps(study, model, split)),
+        "steps": list(curve_steps(study, model, adapter, split)),
         "metrics": list(study.metrics),
         "scoring": scoring(study, model),
     }
@@ -160,17 +171,19 @@ def summarize(study: Study) -> dict[str, Any]:
                 for m in study.models.values()
             },
             "splits": {
-                s.name: {"dataset": s.dataset, "depth": s.depth, "queries": s.queries}
+                s.name: {"dataset": s.dataset, "depth": s.depth, "queries": s.queries,
+                         **({"first_stage": f"run {Path(s.run).name}"} if s.run else {})}
                 for s in study.splits.values()
             },
             "adapters": {
                 m.name: {
                     a.name: {
                         "rank": a.rank,
-                        "targets": a.targets_name,
+                        "targets": a.summary_targets,
                         "variant": variants.label(a.variant),
+                        **({"imported": dict(a.source)} if m.is_imported(a.name) else {}),
                     }
-                    for a in m.training.adapters
+                    for a in m.adapters()
                 }
                 for m in study.models.values()
             },
@@ -198,7 +211,7 @@ def _label(name: str) -> str:
 
 
 def _first_adapter(study: Study, preferred: str, *, curves: bool = False) -> str:
-    adapters = [a for m in study.models.values() for a in m.training.adapters]
+    adapters = [a for m in study.models.values() for a in m.adapters()]
     names = [a.name for a in adapters if a.curves or not curves] or [a.name for a in adapters]
     return preferred if preferred in names else names[0]
 
@@ -294,6 +307,7 @@ SLICES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare_base": base_model,
     "train_lora": train,
     "extract_adapter": extract,
+    "import_adapter": import_adapter,
     "evaluate": evaluate,
     "evaluate_checkpoints": evaluate_checkpoints,
     "evaluate_zero_shot": evaluate_zero_shot,

@@ -37,15 +37,31 @@ class TrainData:
         return (self.dataset,) if isinstance(self.dataset, str) else tuple(self.dataset)
 
 
+#: A split's own-file keys (:class:`Split`).
+SPLIT_FILE_KEYS = ("run", "topics", "qrels", "collection", "docstore")
+
+
 @dataclass(frozen=True)
 class Split:
     """A reranking split: judged queries, first-stage top-``depth`` candidates, qrels."""
 
     name: str
-    source: Literal["embedded", "ir_datasets"]
+    source: Literal["embedded", "ir_datasets", "files"]
     dataset: str
     depth: int
     queries: int | None
+    #: Your own files (absolute paths; see :mod:`lorascope.data.files`): the first-stage run
+    #: (``files``, or ``ir_datasets`` without scoreddocs), topics, qrels, and the passages as
+    #: a collection file or an ir_datasets docstore id.
+    run: str | None = None
+    topics: str | None = None
+    qrels: str | None = None
+    collection: str | None = None
+    docstore: str | None = None
+
+    def files(self) -> list[str]:
+        """The local files the split is built from (its job's inputs)."""
+        return [p for p in (self.run, self.topics, self.qrels, self.collection) if p]
 
     def same_collection(self, train: TrainData) -> bool:
         return self.source == train.source and self.dataset in train.datasets
@@ -101,6 +117,11 @@ class Adapter:
         return base
 
     @property
+    def summary_targets(self) -> str:
+        """Its targets as summaries and the report group adapters by."""
+        return self.targets_name
+
+    @property
     def init(self) -> str:
         """Initialisation of A and B: ``default``, ``pissa``, ``olora`` or ``eva``."""
         return variants.init_of(self.variant)
@@ -113,6 +134,49 @@ class Adapter:
     def train_fields(self) -> dict[str, Any]:
         """``use_dora``, ``use_rslora`` (and ``init`` unless default) for ``TrainSettings``."""
         return variants.train_fields(self.variant)
+
+
+@dataclass(frozen=True)
+class ImportedAdapter:
+    """A LoRA adapter trained elsewhere (a peft directory, or a hub adapter in the local
+    cache), an adapter of the study like a trained one with one checkpoint, ``step``.
+
+    Attributes:
+        name: the {adapter} wildcard, chosen by the user (no dash: never a trained name).
+        source: ``{"path": abs dir}`` or ``{"hub": id, "revision": rev}``.
+        step: the number its one checkpoint is known by.
+        rank: its LoRA rank (the largest, with a per-module ``rank_pattern``).
+        targets_name: the roles it adapts: ``all``, ``attn``, ``mlp`` or the roles joined by
+            ``_`` (``imported`` while the base's architecture is unknown).
+        variant: its LoRA variant(s), canonical (``dora``, ``rslora``).
+        curves: evaluated on ``evaluation.splits`` and ``final_splits`` like a trained
+            adapter's checkpoints.
+    """
+
+    name: str
+    source: Mapping[str, Any]
+    step: int
+    rank: int
+    targets_name: str
+    variant: tuple[str, ...] = ()
+    curves: bool = True
+    #: The roles it adapts (``None``: known once the base model is prepared).
+    roles: tuple[str, ...] | None = None
+
+    #: Imported adapters are used as they are (never rewritten like PiSSA/OLoRA runs).
+    converted_at_extraction = False
+    init = "default"
+
+    @property
+    def targets(self) -> str | tuple[str, ...]:
+        """Its roles, as a trained adapter's ``targets`` (``all`` while unknown)."""
+        return self.roles if self.roles is not None else "all"
+
+    @property
+    def summary_targets(self) -> str:
+        """``imported <targets>``: the report never groups it with the trained runs (Table
+        2's ranks, the variants table's (targets, rank) groups)."""
+        return f"imported {self.targets_name}"
 
 
 @dataclass(frozen=True)
@@ -147,6 +211,21 @@ class Model:
     mechanics_only: bool
     training: Training
     zero_shot: Mapping[str, Any] | None = None
+    imported: tuple[ImportedAdapter, ...] = ()
+
+    def adapters(self) -> tuple[Adapter | ImportedAdapter, ...]:
+        """Every adapter of the model: the trained ones, then the imported ones."""
+        return (*self.training.adapters, *self.imported)
+
+    def steps_of(self, adapter: str) -> tuple[int, ...]:
+        """The checkpoint steps of one adapter (an imported adapter has one)."""
+        for imported in self.imported:
+            if imported.name == adapter:
+                return (imported.step,)
+        return self.training.steps
+
+    def is_imported(self, adapter: str) -> bool:
+        return any(a.name == adapter for a in self.imported)
 
 
 @dataclass(frozen=True)
@@ -216,7 +295,7 @@ class Selection:
         """The names of ``model``'s adapters this analysis covers (``[]``: not this model)."""
         if self.models is not None and model.name not in self.models:
             return []
-        names = [a.name for a in model.training.adapters]
+        names = [a.name for a in model.adapters()]
         return names if self.adapters is None else [n for n in names if n in self.adapters]
 
 

@@ -47,6 +47,7 @@ rule compare_boundary:
             "boundary/{model}/{adapter}/step-{step}/{split}/metrics.parquet"
         ),
         summary=results("boundary/{model}/{adapter}/step-{step}/{split}/summary.json"),
+        runs=directory(results("boundary/{model}/{adapter}/step-{step}/{split}/runs")),
     log:
         logs("compare_boundary/{model}/{adapter}/step-{step}/{split}.log"),
     benchmark:

@@ -156,7 +156,8 @@ def compare_boundary(
     lists the LoRA modules the pruned adapter lacks; ``boundary`` holds ``b``, ``layers``
     (the model's depth), the kept/dropped layers, ``params_removed_fraction`` (of the LoRA
     parameters), ``speedup`` (full seconds / pruned seconds) and, with
-    ``timing.check_ablation``, the largest score difference to the in-place ablation.
+    ``timing.check_ablation``, the largest score difference to the in-place ablation. The
+    TREC runs of both (``full.run``, ``pruned.run``) go into ``runs/`` beside ``out_scores``.
 
     Raises:
         AdapterMismatch: either adapter belongs to another base, or the pruned adapter was not
@@ -169,6 +170,7 @@ def compare_boundary(
     from lorascope.core.contracts import SCORES, ParquetSink
     from lorascope.core.results import EvalSettings, score_rows, sweep_summary, write_metrics
     from lorascope.core.scoring import PreparedPairs
+    from lorascope.core.trec import RUNS_DIR, sweep_tagger, write_runs
     from lorascope.data.splits import read_split
     from lorascope.models.adapted import load_adapted
     from lorascope.models.reranker import default_device
@@ -228,6 +230,8 @@ def compare_boundary(
     with ParquetSink(out_scores, SCORES, record) as sink:
         for name, scores in runs.items():
             sink.write_rows(score_rows(name, scores))
+    # the TREC runs of both adapters beside the scores, tagged like a sweep's ablations
+    write_runs(Path(out_scores).with_name(RUNS_DIR), runs, sweep_tagger(eval_params))
     per_query = write_metrics(out_metrics, runs, qrels, settings.measures, record)
 
     summary = sweep_summary(eval_params, settings, per_query, timing, prepared, record,

@@ -71,7 +71,7 @@ def runs(study: Study) -> list[tuple[str, str, int]]:
     if spec is None:
         return []
     sweep = study.sweeps[spec.sweep]
-    return [(m.name, name, sweep_step(sweep, m)) for m in study.models.values()
+    return [(m.name, name, sweep_step(sweep, m, name)) for m in study.models.values()
             for name in sweep_applies(sweep, m)]
 
 

@@ -22,7 +22,7 @@ def jobs(study: Study) -> list[dict[str, object]]:
         for m in study.models.values():
             for name in sweep_applies(sweep, m):
                 stored = stored_rank(adapter_of(m, name))
-                out += [(m.name, name, sweep_step(sweep, m), k) for k in sweep.ranks or ()
+                out += [(m.name, name, sweep_step(sweep, m, name), k) for k in sweep.ranks or ()
                         if k < stored]
     return [{"model": m, "adapter": a, "step": step, "rank": k}
             for m, a, step, k in sorted(set(out))]
