@@ -38,26 +38,46 @@ def stream_run(path: str | Path) -> Iterator[tuple[str, str, float]]:
 
 def numbered_run(path: str | Path) -> Iterator[tuple[int, str, str, float]]:
     """:func:`stream_run` with each entry's line number first."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as lines:
+    for number, fields in _lines(path, "run", "qid Q0 docid rank score tag"):
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise ValueError(f"{path} line {number}: score {fields[4]!r} is not a number") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{path} line {number}: score {fields[4]!r} is not finite")
+        yield number, fields[0], fields[2], score
+
+
+def read_qrels(path: str | Path) -> list[tuple[str, str, int]]:
+    """``(qid, docid, grade)`` of a TREC qrels file (``qid iteration docid grade``); a
+    malformed line or a grade that is not an integer is a ``ValueError`` naming the line."""
+    qrels = []
+    for number, fields in _lines(path, "qrels", "qid iteration docid grade"):
+        try:
+            grade = int(fields[3])
+        except ValueError:
+            raise ValueError(
+                f"{path} line {number}: relevance grade {fields[3]!r} is not an integer"
+            ) from None
+        qrels.append((fields[0], fields[2], grade))
+    return qrels
+
+
+def _lines(path: str | Path, kind: str, layout: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a whitespace-separated TREC file, blank lines skipped;
+    a line without as many fields as ``layout`` names is an error naming it."""
+    count = len(layout.split())
+    with Path(path).open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) != 6:
+            if len(fields) != count:
                 raise ValueError(
-                    f"{path} line {number}: a TREC run line has 6 fields (qid Q0 docid rank "
-                    f"score tag), this one has {len(fields)}: {line.strip()[:80]!r}"
+                    f"{path} line {number}: a TREC {kind} line has {count} fields ({layout}), "
+                    f"this one has {len(fields)}: {line.strip()[:80]!r}"
                 )
-            try:
-                score = float(fields[4])
-            except ValueError:
-                raise ValueError(
-                    f"{path} line {number}: score {fields[4]!r} is not a number"
-                ) from None
-            if not math.isfinite(score):
-                raise ValueError(f"{path} line {number}: score {fields[4]!r} is not finite")
-            yield number, fields[0], fields[2], score
+            yield number, fields
 
 
 def trec_order(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope.core.trec import numbered_run, stream_run
+from lorascope.core.trec import numbered_run, read_qrels, stream_run
 from lorascope.data.ranking import IdCodec, TopScored
 
 log = logging.getLogger(__name__)
@@ -84,30 +84,6 @@ def read_topics(path: str | Path, keep: Collection[str] | None = None) -> dict[s
         if keep is None or qid in keep:
             topics[qid] = text
     return topics
-
-
-def read_qrels(path: str | Path) -> list[tuple[str, str, int]]:
-    """``(qid, docid, grade)`` of a TREC qrels file."""
-    path = Path(path)
-    qrels = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4:
-                raise ValueError(
-                    f"{path} line {number}: a TREC qrels line has 4 fields (qid iteration docid "
-                    f"grade), this one has {len(fields)}: {line.strip()[:80]!r}"
-                )
-            try:
-                grade = int(fields[3])
-            except ValueError:
-                raise ValueError(
-                    f"{path} line {number}: relevance grade {fields[3]!r} is not an integer"
-                ) from None
-            qrels.append((fields[0], fields[2], grade))
-    return qrels
 
 
 def read_texts(path: str | Path, wanted: Collection[str]) -> dict[str, str]:
