@@ -49,6 +49,7 @@ def _study(root: Path) -> dict:
         "ablations": {"no_lora": {"drop": "all"}, "mlp_only": {"keep": {"component": "mlp"}}},
     }}
     raw["analyses"] = {"lens": {"splits": ["validation"]}, "anatomy": {}}
+    raw["report"]["main_split"] = "mine"  # the paper's tables and figures on your own run
     return raw
 
 
@@ -85,6 +86,7 @@ def test_imported_adapter_own_run_and_beir_split_end_to_end(tmp_path, monkeypatc
     report = (work / "reports" / "byo" / "report.md").read_text()
     assert "MRR / nDCG@10 of adapter `external` (checkpoint step 3)" in report
     assert "run run.trec top-10 reranked" in report and "| run run.trec (first stage) |" in report
+    assert "dashed: run run.trec." in report  # the figures name the run too, not BM25
 
     # the imported adapter scores as plain peft loading of the original directory
     split_dir = root / "data" / "dl19"

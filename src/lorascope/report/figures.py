@@ -22,9 +22,17 @@ import numpy as np
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs, layer_role_drops
 from lorascope.report.model import SIGNIFICANT, Figure, Omitted, Table
-from lorascope.report.tables import display_models, split_label
+from lorascope.report.tables import BM25_KEY, display_models, split_label
 
 # ----------------------------------------------------------------- learning curves (Table 1)
+
+
+def _first_stage(table: Table) -> str:
+    """What ranked the table's split first: ``BM25``, or the run a split was given (from the
+    first-stage row's label)."""
+    row = next((r for r in table.rows if r.key == BM25_KEY), None)
+    label = row.label if row is not None else ""
+    return label.removesuffix(" (first stage)") or "BM25"
 
 
 def learning_curves(table: Table) -> Figure | Omitted:
@@ -76,7 +84,7 @@ def learning_curves(table: Table) -> Figure | Omitted:
     fig.legend(list(handles.values()), list(handles), fontsize=7, loc="lower center",
                ncol=min(6, len(handles)), frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"Relevance over checkpoints — {split_label(table.split)} "
-                 "(dashed: BM25 first stage)", fontsize=10)
+                 f"(dashed: {_first_stage(table)} first stage)", fontsize=10)
     rows_ = plotting.grid(len(models))[0]
     fig.tight_layout(rect=(0, 0.1 / rows_ + (0.04 if len(handles) > 6 else 0), 1, 1))
     paper = "; open diamonds: the paper's values." if any(c.paper for c in table.columns) else "."
@@ -85,7 +93,7 @@ def learning_curves(table: Table) -> Figure | Omitted:
         f"learning-curves-{plotting.slug(table.split)}",
         f"Figure: Metric vs training step ({split_label(table.split)})",
         f"Table 1 as curves, one panel per model ({split_label(table.split)}); dashed lines: "
-        "the first-stage (BM25) level of the same measure" + paper,
+        f"the first-stage ({_first_stage(table)}) level of the same measure" + paper,
         table.sources,
     )
 
@@ -129,7 +137,7 @@ def rank_comparison(table: Table) -> Figure | Omitted:
                 v = baseline.cells[table.columns.index(col)].value
                 if v is not None:
                     ax.hlines(v, g - 0.45, g + 0.45, colors="grey", linestyles="--", lw=1,
-                              label="BM25" if g == 0 else None)
+                              label=_first_stage(table) if g == 0 else None)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(
         [textwrap.fill(plotting.model_title(c.group, c.mechanics_only), 18) for c in groups],
@@ -148,7 +156,8 @@ def rank_comparison(table: Table) -> Figure | Omitted:
         f"rank-comparison-{plotting.slug(table.split)}",
         f"Figure: LoRA rank comparison ({split_label(table.split)})",
         f"Table 2 as bars ({split_label(table.split)}): {groups[0].measure if groups else ''} "
-        "per LoRA rank at the convergence step, printed above each bar; dashed: BM25.",
+        "per LoRA rank at the convergence step, printed above each bar; dashed: "
+        f"{_first_stage(table)}.",
         table.sources,
     )
 
@@ -198,7 +207,8 @@ def ablation_bars(table: Table) -> Figure | Omitted:
                           if c.model == mc.model and c.measure == measure and not c.paper), None)
                 if i is not None and baseline.cells[i].value is not None:
                     ax.hlines(baseline.cells[i].value, g - 0.45, g + 0.45, colors="grey",
-                              linestyles="--", lw=1, label="BM25" if g == 0 else None)
+                              linestyles="--", lw=1,
+                              label=_first_stage(table) if g == 0 else None)
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels([plotting.model_title(m.group, m.mechanics_only) for m in models],
                            fontsize=8)
@@ -219,7 +229,7 @@ def ablation_bars(table: Table) -> Figure | Omitted:
         f"table{table.number}-bars-{plotting.slug(table.split)}",
         f"Figure: {table.title.split(': ', 1)[-1]}",
         f"Table {table.number} as bars ({split_label(table.split)}); {SIGNIFICANT}: "
-        "significant change vs the full adapter; dashed: BM25"
+        f"significant change vs the full adapter; dashed: {_first_stage(table)}"
         + ("; black ticks: the paper's values." if any(c.paper for c in table.columns) else "."),
         table.sources,
     )

@@ -31,7 +31,7 @@ from lorascope.report.model import (
     Table,
 )
 from lorascope.report.runs import main_measure, model_adapters, split_order
-from lorascope.report.tables import BM25_KEY, BM25_LABEL, display_models, split_label
+from lorascope.report.tables import BM25_KEY, display_models, first_stage_label, split_label
 
 KEY = "table-compression"
 DEFAULT_SWEEP = "compression"
@@ -127,8 +127,8 @@ def compression_table(params: Mapping[str, Any], inputs: ReportInputs) -> Table 
         columns.append(Column(model, group, measure, measure, mech))
         columns.append(Column(model, group, "Δ vs full", measure, mech, fmt="delta"))
     bm25 = inputs.first_stage(split, measure)
-    rows = [Row(BM25_KEY, BM25_LABEL, [Cell(bm25) if c.fmt == "value" else Cell()
-                                       for c in columns], baseline=True)]
+    rows = [Row(BM25_KEY, first_stage_label(inputs, split),
+                [Cell(bm25) if c.fmt == "value" else Cell() for c in columns], baseline=True)]
     for key in sorted(table_rows, key=lambda k: table_rows[k][1]):
         label, _, cells = table_rows[key]
         row_cells: list[Cell] = []
