@@ -111,9 +111,9 @@ def trained_modules(adapter_dir: str | Path, arch) -> set[tuple[int, str]]:
     """The (layer, role) modules an adapter has LoRA weights for, from the tensor names of
     its safetensors file (whatever its ``target_modules`` say: full names, or the short
     suffixes plain peft users write)."""
-    from lorascope.core.foreign import lora_modules
+    from lorascope.core.foreign import adapter_module_ranks
 
-    return set(lora_modules(Path(adapter_dir) / "adapter_model.safetensors", arch))
+    return set(adapter_module_ranks(Path(adapter_dir) / "adapter_model.safetensors", arch))
 
 
 def score_sweep(

@@ -40,6 +40,7 @@ from lorascope.core.adapters import (
     base_manifest,
     base_model_record,
     file_digests,
+    variant_record,
 )
 
 STAGE = "extract_adapter"
@@ -107,19 +108,6 @@ def _train_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(values.get("targets"), list):
         values["targets"] = tuple(values["targets"])
     return TrainSettings(**values).to_dict()
-
-
-def _trained_variant(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The variant and peft settings a checkpoint's adapter_config.json was trained with."""
-    init = config.get("init_lora_weights", True)
-    ours = str(init).lower() if isinstance(init, str) else variants.DEFAULT_INIT
-    ours = "pissa" if ours.startswith("pissa") else ours  # also pissa_niter_<n>
-    names = variants.from_flags(
-        dora=bool(config.get("use_dora")), rslora=bool(config.get("use_rslora")),
-        init=ours if ours in variants.INITS else variants.DEFAULT_INIT,
-    )
-    peft = {k: config.get(k) for k in ("r", "lora_alpha", "use_dora", "use_rslora")}
-    return {"names": list(names), "peft": {**peft, "init_lora_weights": init}}
 
 
 def converted_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,7 +196,7 @@ def extract_adapter(
     base = base_manifest(base_dir)
     _check_trained_run(source, params, base, base_dir)
     config = json.loads((source / ADAPTER_FILES[1]).read_text())
-    variant = _trained_variant(config)
+    variant = variant_record(config)
     with fileio.atomic_dir(out_dir) as tmp:
         if variants.rewrites_base(variant["peft"]["init_lora_weights"]):
             variant["converted"] = _write_converted(source, train_dir / INITIAL_ADAPTER, tmp)

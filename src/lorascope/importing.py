@@ -25,6 +25,7 @@ from lorascope.core.adapters import (
     base_manifest,
     base_model_record,
     file_digests,
+    variant_record,
 )
 
 STAGE = "import_adapter"
@@ -56,7 +57,6 @@ def import_adapter(params: Mapping[str, Any], base_dir: str | Path, out_dir: str
     directory = source_dir(params["source"])
     base = base_manifest(base_dir)
     info = inspect_adapter(directory, json.loads((base_dir / "config.json").read_text()))
-    config = json.loads((directory / ADAPTER_FILES[1]).read_text())
     with fileio.atomic_dir(out_dir) as tmp:
         for name in ADAPTER_FILES:
             shutil.copy2(directory / name, tmp / name)
@@ -65,12 +65,7 @@ def import_adapter(params: Mapping[str, Any], base_dir: str | Path, out_dir: str
             "base_model": base_model_record(base),
             "step": params["step"],
             "rank": info.rank,
-            "variant": {
-                "names": list(info.variant),
-                "peft": {k: config.get(k) for k in ("r", "lora_alpha", "use_dora", "use_rslora",
-                                                     "init_lora_weights")},
-                "converted": None,
-            },
+            "variant": {**variant_record(info.config), "converted": None},
             "train_loss": None,
             "probe": None,
             "imported": {

@@ -11,7 +11,7 @@ loads an adapter.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,23 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 def file_digests(adapter_dir: str | Path, names: Iterable[str] = ADAPTER_FILES) -> dict[str, str]:
     """``{file name: sha256}`` of an adapter's files (a manifest's ``files``)."""
     return {name: fileio.sha256_file(Path(adapter_dir) / name) for name in names}
+
+
+def variant_record(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest's ``variant`` block (without ``converted``): the LoRA variant an adapter's
+    ``adapter_config.json`` says it was trained as (canonical names, see
+    :mod:`lorascope.core.variants`) and the peft settings that say so."""
+    from lorascope.core import variants
+
+    init = config.get("init_lora_weights", True)
+    ours = str(init).lower() if isinstance(init, str) else variants.DEFAULT_INIT
+    ours = "pissa" if ours.startswith("pissa") else ours  # also pissa_niter_<n>
+    names = variants.from_flags(
+        dora=bool(config.get("use_dora")), rslora=bool(config.get("use_rslora")),
+        init=ours if ours in variants.INITS else variants.DEFAULT_INIT,
+    )
+    peft = {k: config.get(k) for k in ("r", "lora_alpha", "use_dora", "use_rslora")}
+    return {"names": list(names), "peft": {**peft, "init_lora_weights": init}}
 
 
 class AdapterMismatch(ValueError):

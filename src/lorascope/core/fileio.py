@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,32 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safetensors_header(file: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
+    """``(header length, header)`` of a safetensors file, read without loading tensors: the
+    header maps tensor names to ``{dtype, shape, data_offsets}`` (and ``__metadata__``).
+
+    Raises:
+        ValueError: naming the file - truncated, not safetensors, or an unreadable header.
+    """
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{file}: truncated safetensors file ({size} bytes)")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100_000_000):
+                raise ValueError(f"{file}: not a safetensors file (header of {length} bytes "
+                                 f"in a {size}-byte file)")
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: unreadable safetensors header ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: unreadable safetensors header (not a JSON object)")
+    return length, header
 
 
 def tmp_sibling(path: str | os.PathLike[str]) -> Path:

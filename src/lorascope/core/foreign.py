@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorascope.core import roles, variants
-from lorascope.core.adapters import ADAPTER_FILES, AdapterMismatch
+from lorascope.core import fileio, roles, variants
+from lorascope.core.adapters import ADAPTER_FILES, AdapterMismatch, variant_record
 
 #: Files of a full model (a fine-tune, not an adapter).
 FULL_MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin",
@@ -32,7 +31,8 @@ FULL_MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin",
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    """What an adapter trains: ``modules`` maps (layer, role) to its LoRA rank."""
+    """What an adapter trains: ``modules`` maps (layer, role) to its LoRA rank; ``config`` is
+    its ``adapter_config.json``."""
 
     rank: int
     modules: Mapping[tuple[int, str], int]
@@ -41,30 +41,26 @@ class AdapterInfo:
     variant: tuple[str, ...]
     head: tuple[str, ...]
     base_model: str | None
+    config: Mapping[str, Any]
 
 
-def safetensors_header(file: Path) -> dict[str, Any]:
-    """The tensor table of a safetensors file (``{name: {dtype, shape, data_offsets}}``)."""
+def tensor_table(file: Path) -> dict[str, Any]:
+    """The tensors of an adapter's safetensors file (``{name: {dtype, shape, ...}}``);
+    :class:`AdapterMismatch` naming the file when it is not a readable safetensors file."""
     try:
-        with open(file, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise AdapterMismatch(f"{file}: truncated safetensors file")
-            (length,) = struct.unpack("<Q", head)
-            if length > 100_000_000:
-                raise AdapterMismatch(f"{file}: not a safetensors file")
-            header = json.loads(handle.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterMismatch(f"{file}: unreadable safetensors header ({err})") from err
+        header = fileio.safetensors_header(file)[1]
+    except ValueError as err:
+        raise AdapterMismatch(str(err)) from err
     header.pop("__metadata__", None)
     return header
 
 
-def lora_modules(weights: Path, arch: roles.ArchitectureRoles) -> dict[tuple[int, str], int]:
+def adapter_module_ranks(weights: Path, arch: roles.ArchitectureRoles
+                         ) -> dict[tuple[int, str], int]:
     """``{(layer, role): rank}`` of the LoRA modules in an adapter's safetensors file that map
     to a role of ``arch`` (from the ``lora_A`` tensor names and shapes)."""
     found: dict[tuple[int, str], int] = {}
-    for name, info in safetensors_header(weights).items():
+    for name, info in tensor_table(weights).items():
         if ".lora_A." in name:
             module = roles.parse_module_name(arch, name.split(".lora_A.")[0])
             if module is not None:
@@ -155,7 +151,7 @@ def inspect_adapter(adapter_dir: str | Path, base_config: Mapping[str, Any]) -> 
         raise AdapterMismatch(f"{adapter_dir}: its base model ({model_type}) is not supported: "
                               f"{err}") from err
     depth = roles.num_layers(base_config)
-    header = safetensors_header(adapter_dir / ADAPTER_FILES[0])
+    header = tensor_table(adapter_dir / ADAPTER_FILES[0])
     modules: dict[tuple[int, str], int] = {}
     head: set[str] = set()
     for name, info in header.items():
@@ -202,17 +198,15 @@ def inspect_adapter(adapter_dir: str | Path, base_config: Mapping[str, Any]) -> 
             f"{adapter_dir}: no trained score head; a reranker adapter saves its head with "
             f"LoRA (peft: modules_to_save={list(arch.head_modules)[:1]})")
     adapted = tuple(r for r in arch.roles if any(role == r for _, role in modules))
-    names = variants.from_flags(dora=bool(config.get("use_dora")),
-                                rslora=bool(config.get("use_rslora")),
-                                init=variants.DEFAULT_INIT)
     return AdapterInfo(
         rank=max(modules.values()),
         modules=modules,
         roles=adapted,
         targets_name=_targets_name(arch, adapted),
-        variant=tuple(names),
+        variant=tuple(variant_record(config)["names"]),
         head=tuple(sorted(head)),
         base_model=config.get("base_model_name_or_path"),
+        config=config,
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorascope.core.fileio import atomic_dir, tmp_sibling
+from lorascope.core.fileio import atomic_dir, write_text
 from lorascope.core.names import checkpoint_name
 
 #: The file name of a run in a folder of runs: ``<name>.run``.
@@ -142,18 +142,11 @@ def sweep_tagger(params: Mapping[str, Any]) -> Callable[[str], str]:
 
 def write_run(path: str | os.PathLike[str], scores: Mapping[tuple[str, str], float],
               tag: str) -> Path:
-    """Write one run file (:func:`run_lines`) atomically: streamed to a temporary name beside
-    ``path`` and renamed into place; on an error nothing is left at ``path``'s name. Returns
-    the path written."""
+    """Write one run file (:func:`run_lines`) atomically (:func:`lorascope.core.fileio.write_text`):
+    the lines are made before anything is written, so on an error nothing is left at
+    ``path``'s name. Returns the path written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_sibling(path)
-    try:
-        _write_lines(tmp, scores, tag)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(path, "".join(run_lines(scores, tag)))
     return path
 
 
@@ -170,7 +163,7 @@ def write_runs(out_dir: str | os.PathLike[str],
     tags = {name: check_tag(tag(name)) for name in runs}
     with atomic_dir(out_dir) as tmp:
         for name, scores in runs.items():
-            _write_lines(tmp / f"{name}{RUN_SUFFIX}", scores, tags[name])
+            (tmp / f"{name}{RUN_SUFFIX}").write_text("".join(run_lines(scores, tags[name])))
     return {name: out_dir / f"{name}{RUN_SUFFIX}" for name in runs}
 
 
@@ -184,7 +177,3 @@ def _check_name(name: str) -> None:
     if not _is_word(name) or name.startswith(".") or "/" in name or os.sep in name:
         raise ValueError(f"a run's name must be a plain file name, got {name!r}")
 
-
-def _write_lines(path: Path, scores: Mapping[tuple[str, str], float], tag: str) -> None:
-    with path.open("w", encoding="utf-8") as out:
-        out.writelines(run_lines(scores, tag))

@@ -106,16 +106,11 @@ def read_texts(path: str | Path, wanted: Collection[str]) -> dict[str, str]:
     return texts
 
 
-def judged_ranked_qids(spec: Mapping[str, Any]) -> list[str]:
-    """The split's candidate queries: judged in the qrels and ranked by the run, sorted."""
-    judged = {q for q, _, _ in read_qrels(spec["qrels"])}
-    ranked = {q for q, _, _ in stream_run(spec["run"]) if q in judged}
-    return sorted(ranked)
-
-
 def query_ids(spec: Mapping[str, Any]) -> list[str]:
-    """Every query a ``queries: N`` sample draws from (:func:`judged_ranked_qids`)."""
-    return judged_ranked_qids(spec)
+    """Every query a ``queries: N`` sample draws from: judged in the qrels and ranked by the
+    run, sorted."""
+    judged = {q for q, _, _ in read_qrels(spec["qrels"])}
+    return sorted({q for q, _, _ in stream_run(spec["run"]) if q in judged})
 
 
 def rerank_split(
@@ -125,22 +120,23 @@ def rerank_split(
     candidates, qrels), as :func:`lorascope.data.irds.rerank_split` gives them."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
-    chosen = sorted(qids) if qids is not None else judged_ranked_qids(spec)
-    if not chosen:
-        judged = sorted({q for q, _, _ in read_qrels(spec["qrels"])})
+    all_qrels = read_qrels(spec["qrels"])  # the qrels and the run are each read once here
+    judged = sorted({q for q, _, _ in all_qrels})
+    chosen = sorted(qids) if qids is not None else judged
+    top = ranked_top(spec["run"], chosen, depth)
+    order = [q for q in chosen if top.ids[q]]
+    if not order:
         ranked = sorted({q for q, _, _ in itertools.islice(stream_run(spec["run"]), 1000)})
         raise ValueError(
             f"{spec['run']}: ranks no query judged in {spec['qrels']} (their query ids share "
             f"none: the run has e.g. {', '.join(ranked[:3]) or 'no lines'}, the qrels "
             f"{', '.join(judged[:3]) or 'no lines'})")
-    wanted = set(chosen)
-    qrels = [r for r in read_qrels(spec["qrels"]) if r[0] in wanted]
-    top = ranked_top(spec["run"], wanted, depth)
     unranked = [q for q in chosen if not top.ids[q]]
-    if unranked:
+    if unranked:  # as the README says, and as for ir_datasets + run
         log.warning("%s: %d judged queries are not in the run; left out (e.g. %s)",
                     spec["run"], len(unranked), unranked[:5])
-    order = [q for q in chosen if top.ids[q]]
+    wanted = set(chosen)
+    qrels = [r for r in all_qrels if r[0] in wanted]
     topics = read_topics(spec["topics"], keep=wanted)
     missing = [q for q in order if q not in topics]
     if missing:
@@ -151,13 +147,8 @@ def rerank_split(
     hits = {q: [(top.codec.decode(code), score) for code, score in top.pop(q)] for q in order}
     needed = {d for ranked in hits.values() for d, _ in ranked}
     texts = passage_texts(spec, needed)
-    unknown = sorted(needed - texts.keys())
-    if unknown:
-        where = spec.get("collection") or f"the ir_datasets docstore of {spec.get('docstore')!r}"
-        raise ValueError(
-            f"{spec['run']}: {len(unknown)} ranked passages are not in {where} "
-            f"(e.g. {', '.join(unknown[:5])})"
-        )
+    check_texts(spec["run"], needed, texts,
+                spec.get("collection") or f"the ir_datasets docstore of {spec.get('docstore')!r}")
     log.info("%s: %d queries, %d qrels, candidates to depth %d", spec["run"], len(order),
              len(qrels), depth)
     kept = set(order)
@@ -186,6 +177,16 @@ def ranked_top(run: str | Path, qids: Collection[str], depth: int) -> TopScored:
         docs.add(docid)
         top.add(qid, docid, score)
     return top
+
+
+def check_texts(run: str | Path, needed: Collection[str], texts: Mapping[str, str],
+                where: str) -> None:
+    """Every passage a run ranks (``needed``) has its text in ``texts`` (read from
+    ``where``); else a ``ValueError`` naming the run file and examples."""
+    unknown = sorted(set(needed) - texts.keys())
+    if unknown:
+        raise ValueError(f"{run}: {len(unknown)} ranked passages are not in {where} "
+                         f"(e.g. {', '.join(unknown[:5])})")
 
 
 def passage_texts(spec: Mapping[str, Any], needed: Collection[str]) -> dict[str, str]:

@@ -336,7 +336,11 @@ def docstore_texts(dataset: str, doc_ids: Collection[str]) -> dict[str, str]:
     """Texts of ``doc_ids`` from the docstore of ``dataset`` (those it has), batch by batch."""
     ds = _load(dataset)
     _require(ds, dataset, "docs", "for passage texts")
-    store = ds.docs_store()
+    return _store_texts(ds.docs_store(), dataset, doc_ids)
+
+
+def _store_texts(store: Any, dataset: str, doc_ids: Collection[str]) -> dict[str, str]:
+    """:func:`_fetch_texts` of any number of ids, ``BATCH_QUERIES * 100`` per call."""
     texts: dict[str, str] = {}
     for batch in _batches(sorted(doc_ids), BATCH_QUERIES * 100):
         texts.update(_fetch_texts(store, dataset, batch))
@@ -391,11 +395,14 @@ def rerank_split(
     qrels = [r for r in qrels if r[0] in queries]
     order = list(queries)  # dataset order
 
-    if run:
-        from lorascope.data.files import ranked_top
+    texts = None
+    if run:  # the run's candidates' texts, fetched once (a missing one is an error)
+        from lorascope.data.files import check_texts, ranked_top
 
         top = ranked_top(run, queries.keys(), depth)
-        _check_ranked_in_docstore(ds, dataset, run, top)
+        needed = {top.codec.decode(code) for qid in top.ids for code, _ in top.ranked(qid)}
+        texts = _store_texts(ds.docs_store(), dataset, needed)
+        check_texts(run, needed, texts, f"the documents of {dataset!r}")
     else:
         top = _stream_top_scored(ds, dataset, queries.keys(), depth, IdCodec())
     no_run = [q for q in order if not top.ids[q]]
@@ -412,27 +419,15 @@ def rerank_split(
 
     query_rows = ({"qid": q, "query": queries[q]} for q in order)
     qrel_rows = ({"qid": q, "docid": d, "relevance": r} for q, d, r in qrels)
-    return query_rows, _candidates(ds, dataset, order, top, depth), qrel_rows
-
-
-def _check_ranked_in_docstore(ds: Any, dataset: str, run: str, top: TopScored) -> None:
-    """Every passage of the run's kept candidates is in the dataset's docstore."""
-    needed = {top.codec.decode(code) for qid in top.ids for code, _ in top.ranked(qid)}
-    store = ds.docs_store()
-    found: set[str] = set()
-    for batch in _batches(sorted(needed), BATCH_QUERIES * 100):
-        with _loading(dataset, "the documents"):
-            found.update(store.get_many(batch))
-    unknown = sorted(needed - found)
-    if unknown:
-        raise ValueError(f"{run}: {len(unknown)} ranked passages are not in the documents of "
-                         f"{dataset!r} (e.g. {', '.join(unknown[:5])})")
+    return query_rows, _candidates(ds, dataset, order, top, depth, texts), qrel_rows
 
 
 def _candidates(
-    ds: Any, dataset: str, order: Sequence[str], top: TopScored, depth: int
+    ds: Any, dataset: str, order: Sequence[str], top: TopScored, depth: int,
+    texts: Mapping[str, str] | None = None,
 ) -> Iterator[dict]:
-    store = ds.docs_store()
+    """Candidate rows, query batch by query batch; texts fetched per batch unless given."""
+    store = ds.docs_store() if texts is None else None
     missing = 0
     total = -(-len(order) // BATCH_QUERIES)
     batches = _batches(order, BATCH_QUERIES)
@@ -450,10 +445,11 @@ def _candidates(
             ]
             for qid in batch
         }
-        texts = _fetch_texts(store, dataset, (h["docid"] for q in batch for h in hits[q]))
+        found = texts if texts is not None else _fetch_texts(
+            store, dataset, (h["docid"] for q in batch for h in hits[q]))
         for qid in batch:
             for hit in common.take_depth(hits[qid], depth):
-                text = texts.get(hit["docid"])
+                text = found.get(hit["docid"])
                 if text is None:
                     missing += 1
                     continue

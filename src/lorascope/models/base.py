@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,21 +276,11 @@ def read_config(path: Path) -> dict[str, Any]:
 def check_safetensors(file: Path) -> None:
     """A safetensors file is whole: its header parses and the file is as long as the header's
     tensors say. :class:`BaseModelError` naming the file otherwise (a truncated download)."""
-    import struct
-
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise BaseModelError(f"{file}: truncated safetensors file ({size} bytes)")
-            (length,) = struct.unpack("<Q", head)
-            if length > min(size - 8, 100_000_000):
-                raise BaseModelError(f"{file}: not a safetensors file (header of {length} bytes "
-                                     f"in a {size}-byte file)")
-            header = json.loads(handle.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BaseModelError(f"{file}: unreadable safetensors header ({err})") from err
+        length, header = fileio.safetensors_header(file)
+    except ValueError as err:
+        raise BaseModelError(str(err)) from err
+    size = file.stat().st_size
     end = max((info["data_offsets"][1] for key, info in header.items()
                if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info),
               default=0)
@@ -486,10 +475,7 @@ def _count_parameters(model_dir: Path) -> int | None:
     if not files:
         return None
     for path in files:
-        with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, entry in header.items():
+        for name, entry in fileio.safetensors_header(path)[1].items():
             if name != "__metadata__":
                 count = 1
                 for dim in entry["shape"]:

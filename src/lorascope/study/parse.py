@@ -160,17 +160,23 @@ def _package_root(name: str, key: str) -> Path:
     return root
 
 
-def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any], base: Path) -> Model:
-    key = f"models.{name}"
-    given = [k for k in MODEL_SOURCES if k in raw]
+def _source_kind(raw: Mapping[str, Any], kinds: Sequence[str], key: str, thing: str) -> str:
+    """Which one of ``kinds`` an entry names (a model's or an imported adapter's source);
+    ``revision`` only beside ``hub``."""
+    given = [k for k in kinds if k in raw]
     if len(given) != 1:
         raise ConfigError(
-            f"config key '{key}': give exactly one of {', '.join(MODEL_SOURCES)} "
+            f"config key '{key}': give exactly one of {', '.join(kinds)} "
             f"(got {', '.join(given) or 'none'})"
         )
-    kind = given[0]
-    if "revision" in raw and kind != "hub":
-        raise ConfigError(f"config key '{key}.revision': only a hub model has a revision")
+    if "revision" in raw and given[0] != "hub":
+        raise ConfigError(f"config key '{key}.revision': only a hub {thing} has a revision")
+    return given[0]
+
+
+def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any], base: Path) -> Model:
+    key = f"models.{name}"
+    kind = _source_kind(raw, MODEL_SOURCES, key, "model")
     source: dict[str, Any] = {kind: copy.deepcopy(raw[kind])}
     if kind == "hub":
         source["revision"] = raw.get("revision")
@@ -225,7 +231,7 @@ def _parse_imported(
     """A model's imported adapters: each located (a local directory; a hub adapter in the
     local cache) and checked against the base model where its config is knowable now (else
     the import job checks it)."""
-    from lorascope.core.adapters import AdapterMismatch
+    from lorascope.core.adapters import AdapterMismatch, variant_record
     from lorascope.core.foreign import (
         config_rank,
         hub_adapter_dir,
@@ -237,14 +243,9 @@ def _parse_imported(
     base_config = None
     for name, spec in raw.items():
         where = f"{key}.imported.{name}"
-        given = [k for k in ("path", "hub") if k in spec]
-        if len(given) != 1:
-            raise ConfigError(f"config key '{where}': give exactly one of path, hub "
-                              f"(got {', '.join(given) or 'none'})")
-        if "revision" in spec and "hub" not in spec:
-            raise ConfigError(f"config key '{where}.revision': only a hub adapter has a revision")
+        kind_of_source = _source_kind(spec, ("path", "hub"), where, "adapter")
         try:
-            if "path" in spec:
+            if kind_of_source == "path":
                 directory = (base / spec["path"]).resolve()
                 if not directory.is_dir():
                     raise ConfigError(f"config key '{where}.path': {spec['path']!r} is not a "
@@ -264,8 +265,7 @@ def _parse_imported(
             else:  # the base's architecture is known only once prepared: the job checks
                 config = read_adapter_config(directory)
                 rank, targets, roles_ = config_rank(config, directory), "imported", None
-                variant = variants.from_flags(dora=bool(config.get("use_dora")),
-                                              rslora=bool(config.get("use_rslora")))
+                variant = variant_record(config)["names"]
         except AdapterMismatch as err:
             raise ConfigError(f"config key '{where}': {err}") from err
         yield ImportedAdapter(name=name, source=origin, step=spec["step"], rank=rank,
@@ -555,19 +555,25 @@ def _check_report(
             )
     for table in ("table3", "table4"):
         for i, name in enumerate(raw[table]["sweeps"] or []):
-            if name not in sweeps:
-                raise ConfigError(
-                    f"config key 'report.{table}.sweeps[{i}]': unknown sweep {name!r} "
-                    f"(sweeps: {', '.join(sweeps) or 'none'})"
-                )
+            sweep_of_kind(sweeps, name, f"report.{table}.sweeps[{i}]")
     for key, kind in (("heatmap_sweep", "each_layer_role"), ("boundary_sweep", "boundary")):
-        name = raw[key]
-        if name is not None and (name not in sweeps or sweeps[name].generate != kind):
-            of_kind = [s for s in sweeps if sweeps[s].generate == kind]
-            raise ConfigError(
-                f"config key 'report.{key}': {name!r} is not a sweep with generate: {kind} "
-                f"(such sweeps: {', '.join(of_kind) or 'none'})"
-            )
+        if raw[key] is not None:
+            sweep_of_kind(sweeps, raw[key], f"report.{key}", kind)
+
+
+def sweep_of_kind(sweeps: Mapping[str, Sweep], name: str, key: str, kind: str | None = None
+                  ) -> Sweep:
+    """The sweep config key ``key`` names, of generator ``kind`` when given; a
+    :class:`ConfigError` naming the key when there is none such."""
+    sweep = sweeps.get(name)
+    if sweep is None:
+        known = [s for s in sweeps if kind is None or sweeps[s].generate == kind]
+        raise ConfigError(f"config key '{key}': unknown sweep {name!r} "
+                          f"({kind + ' ' if kind else ''}sweeps: {', '.join(known) or 'none'})")
+    if kind is not None and sweep.generate != kind:
+        raise ConfigError(f"config key '{key}': sweep {name!r} is not a {kind} sweep "
+                          f"(it needs generate: {kind}, has generate: {sweep.generate})")
+    return sweep
 
 
 def _parse_analyses(raw: Mapping[str, Any], study: Study) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from lorascope.analyses.boundary import PRUNED_SWEEP
 from lorascope.core.names import BOUNDARY
 from lorascope.study import slices
-from lorascope.study.parse import check_split_names
+from lorascope.study.parse import check_split_names, sweep_of_kind
 from lorascope.study.plan import sweep_applies, sweep_step
 from lorascope.study.spec import ConfigError, Study
 
@@ -32,18 +32,7 @@ def parse(raw: Mapping[str, Any], study: Study) -> BoundarySpec:
     """``analyses.boundary`` (defaults filled by the schema) checked against the study."""
     key = "analyses.boundary"
     evaluation, sweeps = study.evaluation, study.sweeps
-    sweep = sweeps.get(raw["sweep"])
-    if sweep is None:
-        known = [s.name for s in sweeps.values() if s.generate == BOUNDARY]
-        raise ConfigError(
-            f"config key '{key}.sweep': unknown sweep {raw['sweep']!r} "
-            f"(boundary sweeps: {', '.join(known) or 'none'})"
-        )
-    if sweep.generate != BOUNDARY:
-        raise ConfigError(
-            f"config key '{key}.sweep': sweep {sweep.name!r} is not a boundary sweep "
-            f"(it needs generate: boundary, has generate: {sweep.generate})"
-        )
+    sweep = sweep_of_kind(sweeps, raw["sweep"], f"{key}.sweep", BOUNDARY)
     measure = raw["measure"] or evaluation.convergence.measure
     if measure not in evaluation.metrics:
         raise ConfigError(
