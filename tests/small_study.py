@@ -140,7 +140,8 @@ def with_rerun_analyses(raw: dict[str, Any]) -> dict[str, Any]:
 
 def with_analyses(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` plus every stage beyond the paper: a rank-4 adapter with an SVD compression
-    sweep, a boundary sweep with pruning, the relevance lens and the update anatomy."""
+    sweep, a boundary sweep with pruning, the relevance lens, the causal analyses (patching,
+    probes, head ablation) and the update anatomy."""
     raw = copy.deepcopy(raw)
     raw["training"]["adapters"] = [{"targets": "all", "ranks": [1, 4]}]
     raw["sweeps"]["boundary"] = {"adapters": ["r4-all"], "splits": ["validation"],
@@ -150,6 +151,10 @@ def with_analyses(raw: dict[str, Any]) -> dict[str, Any]:
     raw["analyses"] = {
         "boundary": {"sweep": "boundary", "splits": ["dl19"]},
         "lens": {"adapters": ["r4-all"], "splits": ["validation"]},
+        "patching": {"adapters": ["r4-all"], "splits": ["dl19"], "queries": 2, "depth": 3},
+        "probing": {"adapters": ["r4-all"], "splits": ["dl19"], "folds": 2, "inner_folds": 2},
+        "heads": {"adapters": ["r4-all"], "splits": ["dl19"], "steps": [1, "last"],
+                  "mode": "mean"},
         "anatomy": {},
     }
     return raw

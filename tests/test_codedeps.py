@@ -135,6 +135,9 @@ STAGE_ENTRIES = {
     "prune_boundary": "lorascope.analyses.boundary.prune:prune_boundary",
     "compare_boundary": "lorascope.analyses.boundary.compare:compare_boundary",
     "export_compressed": "lorascope.analyses.compression.stage:export_compressed",
+    "patching": "lorascope.analyses.patching.stage:patching",
+    "probing": "lorascope.analyses.probing.stage:probing",
+    "heads": "lorascope.analyses.heads.stage:heads",
     "summarize": "lorascope.summarize",
     "report": "lorascope.report",
 }
@@ -163,13 +166,18 @@ def test_each_stage_runs_only_its_own_code():
     assert not {f for f in files["evaluate"] if f.startswith("training/")}
     # the sweep loop is the evaluate stage's alone: the lens and the boundary comparison
     # share the scoring toolkit (core/results, models/adapted, data/splits), not the loop
-    for rule in ("lens", "compare_boundary", "prune_boundary", "anatomy", "export_compressed"):
+    for rule in ("lens", "compare_boundary", "prune_boundary", "anatomy", "export_compressed",
+                 "patching", "probing", "heads"):
         assert "evaluate.py" not in files[rule], rule
     assert {"core/results.py", "models/adapted.py", "data/splits.py"} <= files["lens"]
     assert {"core/results.py", "models/adapted.py", "data/splits.py"} <= files["compare_boundary"]
     # an analysis's stage runs its own folder and no other analysis's
     analyses = {"lens": "lens", "anatomy": "anatomy", "prune_boundary": "boundary",
-                "compare_boundary": "boundary", "export_compressed": "compression"}
+                "compare_boundary": "boundary", "export_compressed": "compression",
+                "patching": "patching", "probing": "probing", "heads": "heads"}
+    # the layer readout is shared by the lens and the probes; attention heads by two analyses
+    assert "core/readout.py" in files["lens"] and "core/readout.py" in files["probing"]
+    assert "core/heads.py" in files["heads"] and "core/heads.py" in files["patching"]
     for rule, own in analyses.items():
         folders = {f.split("/")[1] for f in files[rule]
                    if f.startswith("analyses/") and f.count("/") > 1}

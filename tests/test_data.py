@@ -128,3 +128,20 @@ def test_bad_data_files_name_file_and_line(shared_trec_dl, tmp_path):
     with pytest.raises(ValueError, match=rf"{bad_json}: entry 0 is not"):
         embedded.build(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_subset_takes_judged_queries_in_qid_order_and_top_depth():
+    import pyarrow as pa
+
+    from lorascope.data.splits import subset
+
+    candidates = [(q, f"{q}-d{r}", "t") for q in ("q3", "q1", "q2", "q9") for r in range(5)]
+    qrels = pa.table({"qid": ["q1", "q2", "q3"], "docid": ["x", "y", "z"], "relevance": [1, 1, 1]})
+    assert subset(candidates, qrels) == [c for c in candidates if c[0] != "q9"]
+    part = subset(candidates, qrels, queries=2, depth=3)
+    assert part == [c for c in candidates if c[0] in ("q1", "q2") and int(c[1][-1]) < 3]
+    assert subset(candidates, qrels, queries=2, depth=3) == part  # deterministic
+    with pytest.raises(ValueError, match="depth must be a positive int"):
+        subset(candidates, qrels, depth=0)
+    with pytest.raises(ValueError, match="no judged query"):
+        subset(candidates, pa.table({"qid": ["q7"], "docid": ["x"], "relevance": [1]}))

@@ -38,7 +38,7 @@ def perturb_final_norm(model, arch, seed: int = 0) -> None:
     LayerNorm is (almost) the identity, and a double normalisation would go unnoticed."""
     import torch
 
-    from lorascope.analyses.lens.readout import readout_for, task_model
+    from lorascope.core.readout import readout_for, task_model
 
     path = readout_for(arch).norm
     if path is None:
@@ -68,7 +68,7 @@ def cut_after(model, arch, blocks: int):
     """A deep copy of the reranker keeping only its first ``blocks`` transformer blocks."""
     import torch
 
-    from lorascope.analyses.lens.readout import task_model
+    from lorascope.core.readout import task_model
 
     cut = copy.deepcopy(model)
     task = task_model(cut)
@@ -104,7 +104,7 @@ def adapted(request, bases, tmp_path_factory) -> dict:
 def test_last_layer_is_the_model_score(adapted, lora) -> None:
     import numpy as np
 
-    from lorascope.analyses.lens.readout import score_layers
+    from lorascope.core.readout import score_layers
     from lorascope.core.switching import zeroed
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
@@ -129,7 +129,7 @@ def test_each_layer_is_the_model_cut_after_it(adapted) -> None:
     every intermediate layer, checked against an independent forward pass."""
     import numpy as np
 
-    from lorascope.analyses.lens.readout import score_layers
+    from lorascope.core.readout import score_layers
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     layers = score_layers(prepared, model, arch, progress=False)
@@ -145,7 +145,7 @@ def test_hf_last_hidden_state_is_already_normed(bases, tmp_path, model_type) -> 
     hidden_states[L] is norm(raw output of block L) - normalising it again changes it."""
     import torch
 
-    from lorascope.analyses.lens.readout import readout_for, task_model
+    from lorascope.core.readout import readout_for, task_model
     from lorascope.models.reranker import encode_pairs
 
     adapter = build_adapter(bases[model_type], tmp_path / "a")
@@ -175,7 +175,7 @@ def test_padding_does_not_leak(adapted) -> None:
     """Every lens layer gives the same scores in padded multi-pair batches as pair by pair."""
     import numpy as np
 
-    from lorascope.analyses.lens.readout import score_layers
+    from lorascope.core.readout import score_layers
 
     model, arch, prepared = adapted["model"], adapted["arch"], adapted["prepared"]
     batched = score_layers(prepared, model, arch, progress=False)

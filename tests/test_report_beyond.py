@@ -32,7 +32,7 @@ from lorascope.analyses.boundary import BOUNDARY
 from lorascope.analyses.lens import LENS as LENS_TABLE
 from lorascope.core import contracts
 from lorascope.report import render_report
-from lorascope.analyses.lens.readout import readable_from
+from lorascope.analyses.lens.readable import readable_from
 
 # ---------------------------------------------------------------- synthetic beyond inputs
 

@@ -338,9 +338,9 @@ CHANGES = [
         downstream=frozenset({PRUNE, COMPARE}),
     ),
     Change(
-        "edit lorascope/analyses/lens/readout.py",
+        "edit lorascope/analyses/lens/stage.py",
         frozenset({LENS}) | TAIL,
-        files=("analyses/lens/readout.py",),
+        files=("analyses/lens/stage.py",),
     ),
     Change(
         "edit lorascope/analyses/boundary/export.py",

@@ -105,13 +105,17 @@ def test_summary_gathers_every_analysis(tmp_path):
     assert conv.loc[0, "convergence_step"] == 30  # 0.47 is within 0.01 of the best 0.475
     study = json.loads((out / "study.json").read_text())
     assert set(study["inputs"]) == {"evaluations", "convergence", "training_log", "boundary",
-                                    "lens", "anatomy"}
+                                    "lens", "patching", "patching_heads", "probing", "heads",
+                                    "anatomy"}
 
 
 def test_a_study_without_analyses_gets_empty_tables(tmp_path):
     inputs = {**_inputs(tmp_path), "analyses": {}}
     out = tmp_path / "summary"
     summarize(_params(), inputs, out)
-    for name, contract in (("boundary", BOUNDARY), ("lens", LENS),
-                           ("anatomy", ANATOMY)):
+    from lorascope.analyses.registry import ANALYSES
+
+    tables = {name: c for a in ANALYSES for name, c in a.tables.items()}
+    assert {"boundary", "lens", "anatomy", "patching", "probing", "heads"} <= set(tables)
+    for name, contract in tables.items():
         assert contracts.read_table(out / f"{name}.parquet", contract).num_rows == 0

@@ -137,6 +137,16 @@ def test_analyses_run_end_to_end(tmp_path):
     assert set(lens["step"]) == {0, 1, 2} and set(lens["layer"]) == {1, 2, 3, 4}
     anatomy = pd.read_parquet(summary / "anatomy.parquet")
     assert set(anatomy["adapter"]) == {"r1-all", "r4-all"} and set(anatomy["step"]) == {1, 2}
+    # the causal analyses: base (step 0) against the chosen checkpoints, gathered by summarize
+    patching = pd.read_parquet(summary / "patching.parquet")
+    assert set(patching["step"]) == {0, 2} and set(patching["layer"]) == {0, 1, 2, 3}
+    assert set(patching["perturbation"]) == {"tfc1", "query_term_removal", "length_control"}
+    assert set(pd.read_parquet(summary / "patching_heads.parquet")["perturbation"]) == {"tfc1"}
+    probing = pd.read_parquet(summary / "probing.parquet")
+    assert set(probing["step"]) == {0, 1, 2} and set(probing["layer"]) == {1, 2, 3, 4}
+    heads = pd.read_parquet(summary / "heads.parquet")
+    assert set(heads["step"]) == {0, 1, 2} and set(heads["mode"]) == {"mean"}
+    assert len(heads) == 3 * 4 * 2 * heads["measure"].nunique()  # steps x layers x heads
     # the boundary comparison exports both rankings as TREC runs, exact to its metrics
     from helpers import check_run_file, split_qrels
 
@@ -154,5 +164,6 @@ def test_analyses_run_end_to_end(tmp_path):
         assert json.loads((exported / "adapter_config.json").read_text())["r"] == rank
     report = (tmp_path / "reports" / "small" / "report.md").read_text()
     for heading in ("boundary layer", "relevance lens", "LoRA update anatomy",
-                    "post-hoc rank compression"):
+                    "post-hoc rank compression", "activation patching of axiomatic perturbations",
+                    "linear probes for IR features", "attention heads"):
         assert f"Beyond the paper: {heading}" in report

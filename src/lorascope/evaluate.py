@@ -55,6 +55,7 @@ from lorascope.core.contracts import SCORES, ParquetSink
 from lorascope.core.names import FULL
 from lorascope.core.precision import describe
 from lorascope.core.prefix import DEFAULT_BUDGET, BlockCache, blocks, cache_bytes
+from lorascope.core.reproduction import PAIRS, leading_batches, rescore_first
 from lorascope.core.results import EvalSettings, score_rows, sweep_summary, write_metrics
 from lorascope.data.splits import read_split
 
@@ -65,7 +66,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 #: The reproduction check re-scores the plan's first batches up to at least this many pairs.
-REPRODUCTION_PAIRS = 64
+REPRODUCTION_PAIRS = PAIRS
+#: How many leading batches of a plan the check re-scores (shared with the head ablations).
+reproduction_batches = leading_batches
 
 
 class ReproductionError(RuntimeError):
@@ -273,35 +276,14 @@ def _mean(values: Any) -> float:
     return round(sum(values) / len(values), 6)
 
 
-def reproduction_batches(batches: Sequence[Sequence[int]], min_pairs: int) -> int:
-    """How many leading batches of a plan hold at least ``min_pairs`` pairs (all of them when
-    the plan holds fewer)."""
-    total = 0
-    for n, batch in enumerate(batches, start=1):
-        total += len(batch)
-        if total >= min_pairs:
-            return n
-    return len(batches)
-
-
 def _check_reproduction(prepared: Any, model: Any, device: str,
                         first: Mapping[tuple[str, str], float], plan_version: int) -> None:
-    """Re-score ``full`` on the plan's first batches (>= REPRODUCTION_PAIRS pairs) and compare.
-
-    While the plan is the one of the first pass, those batches hold the same pairs in the same
-    order and padding, so the comparison is bitwise; after an out-of-memory re-plan the shapes
-    differ and a relative tolerance of 1e-3 is used.
-    """
-    n_batches = reproduction_batches(prepared.batches, REPRODUCTION_PAIRS)
-    again = prepared.score(model, device=device, progress=False, desc="full again",
-                           first_batches=n_batches)
-    if prepared.plan_version == plan_version:
-        differ = [k for k in again if again[k] != first[k]]
-        how = "bitwise"
-    else:  # an OOM re-planned the batches: other shapes, so compare with a tolerance
-        differ = [k for k in again
-                  if abs(again[k] - first[k]) > 1e-3 * max(1.0, abs(first[k]))]
-        how = "within 1e-3 (batches were re-planned after an out-of-memory error)"
+    """Re-score ``full`` on the plan's first batches (>= REPRODUCTION_PAIRS pairs) and compare
+    (:func:`lorascope.core.reproduction.rescore_first`: bitwise while the plan is the one of
+    the first pass, within 1e-3 after an out-of-memory re-plan)."""
+    checked = rescore_first(prepared, model, device, first, plan_version, desc="full again",
+                            min_pairs=REPRODUCTION_PAIRS)
+    again, differ = checked.again, checked.differ
     if differ:
         k = differ[0]
         raise ReproductionError(
@@ -310,4 +292,5 @@ def _check_reproduction(prepared: Any, model: Any, device: str,
             "restore the adapter"
         )
     log.info("full adapter reproduced its scores %s after the sweep on %d of %d pairs "
-             "(the plan's first %d batches)", how, len(again), len(first), n_batches)
+             "(the plan's first %d batches)", checked.how, len(again), len(first),
+             checked.batches)

@@ -105,18 +105,28 @@ def adapter_dir(model, adapter, step):
     )
 
 
-def checkpoint_dirs(wildcards):
-    """Every extracted checkpoint of one run, in step order."""
-    steps = STUDY.models[wildcards.model].steps_of(wildcards.adapter)
-    return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
+def chosen_checkpoints(steps_of):
+    """The input function (extracted checkpoint dirs) and params function (`--adapter
+    STEP=DIR` each) of a rule that reads the checkpoints `steps_of(study, model, adapter)`.
+    """
+
+    def dirs(wildcards):
+        steps = steps_of(STUDY, wildcards.model, wildcards.adapter)
+        return [adapter_dir(wildcards.model, wildcards.adapter, step) for step in steps]
+
+    def args(wildcards):
+        steps = steps_of(STUDY, wildcards.model, wildcards.adapter)
+        return " ".join(
+            f"--adapter {step}={d}" for step, d in zip(steps, dirs(wildcards))
+        )
+
+    return dirs, args
 
 
-def checkpoint_args(wildcards):
-    """`--adapter STEP=DIR` for every checkpoint of the run (checkpoint_dirs' order)."""
-    steps = STUDY.models[wildcards.model].steps_of(wildcards.adapter)
-    return " ".join(
-        f"--adapter {step}={d}" for step, d in zip(steps, checkpoint_dirs(wildcards))
-    )
+# every extracted checkpoint of one run, in step order (the curves, the lens)
+checkpoint_dirs, checkpoint_args = chosen_checkpoints(
+    lambda study, model, adapter: study.models[model].steps_of(adapter)
+)
 
 
 def adapter_targets():

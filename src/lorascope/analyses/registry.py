@@ -11,13 +11,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lorascope.analyses import anatomy, boundary, compression, lens
+from lorascope.analyses import anatomy, boundary, compression, heads, lens, patching, probing
 from lorascope.analyses.base import Analysis
 from lorascope.core.contracts import Contract
 
 ANALYSES: tuple[Analysis, ...] = (
     boundary.ANALYSIS,
     lens.ANALYSIS,
+    patching.ANALYSIS,
+    probing.ANALYSIS,
+    heads.ANALYSIS,
     anatomy.ANALYSIS,
     compression.ANALYSIS,
 )

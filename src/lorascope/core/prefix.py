@@ -36,9 +36,9 @@ DEFAULT_BUDGET = 2 * 1024**3
 
 def blocks(model: torch.nn.Module, arch: ArchitectureRoles) -> list[torch.nn.Module]:
     """The transformer blocks of a reranker (a PeftModel or the task model), in depth order."""
-    get_base = getattr(model, "get_base_model", None)
-    task = get_base() if callable(get_base) else model
-    return list(task.get_submodule(arch.layer_prefix))
+    from lorascope.core.readout import task_model
+
+    return list(task_model(model).get_submodule(arch.layer_prefix))
 
 
 def cache_bytes(padded_tokens: int, hidden: int, num_blocks: int, element_size: int) -> int:

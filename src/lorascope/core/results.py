@@ -85,6 +85,44 @@ class UsesScoring:
         return self.scoring.max_length
 
 
+def measures_param(params: Mapping[str, Any], stage: str) -> tuple[str, ...]:
+    """A stage's ``metrics`` param: a non-empty list of distinct, known ir-measures names
+    (an unknown one fails here, before any loading)."""
+    from lorascope.core import metrics
+
+    measures = params.get("metrics")
+    if (not isinstance(measures, list) or not measures
+            or not all(isinstance(m, str) for m in measures)):
+        raise ValueError(f"{stage} params: 'metrics' must be a non-empty list of measure names")
+    if len(set(measures)) != len(measures):
+        raise ValueError(f"{stage} params: 'metrics' lists a measure twice: {measures}")
+    metrics.parse_measures(measures)
+    return tuple(measures)
+
+
+def significance_param(params: Mapping[str, Any], stage: str) -> tuple[str, str, float]:
+    """A stage's ``significance`` param: ``(test, correction, alpha)``, defaults filled
+    (wilcoxon, holm, 0.05), each checked."""
+    from lorascope.core import stats
+
+    sig = dict(params.get("significance") or {})
+    unknown = sorted(f"significance.{k}" for k in set(sig) - {"test", "correction", "alpha"})
+    if unknown:
+        raise ValueError(f"{stage} params: unknown keys {unknown}")
+    test = sig.get("test", "wilcoxon")
+    correction = sig.get("correction", "holm")
+    alpha = float(sig.get("alpha", 0.05))
+    if test not in stats.TESTS:
+        raise ValueError(f"{stage} params: significance.test must be one of "
+                         f"{', '.join(stats.TESTS)}, got {test!r}")
+    if correction not in stats.CORRECTIONS:
+        raise ValueError(f"{stage} params: significance.correction must be one of "
+                         f"{', '.join(stats.CORRECTIONS)}, got {correction!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"{stage} params: significance.alpha must be in (0, 1), got {alpha}")
+    return test, correction, alpha
+
+
 @dataclass(frozen=True)
 class EvalSettings(UsesScoring):
     """The evaluate stage's parsed params.
@@ -122,31 +160,17 @@ class EvalSettings(UsesScoring):
         if not full:
             log.info("params name no '%s' ablation; adding it as the reference", FULL)
         ablations = [Ablation(FULL, frozenset())] + [a for a in ablations if a.name != FULL]
-        measures = params.get("metrics")
-        if not isinstance(measures, list) or not measures:
-            raise ValueError("evaluate params: 'metrics' must be a non-empty list of measures")
-        sig = dict(params.get("significance") or {})
-        unknown = {f"significance.{k}" for k in set(sig) - {"test", "correction", "alpha"}}
-        if unknown:
-            raise ValueError(f"evaluate params: unknown keys {sorted(unknown)}")
+        measures = measures_param(params, "evaluate")
+        test, correction, alpha = significance_param(params, "evaluate")
         scoring = ScoringSettings.from_params(params.get("scoring"), "evaluate")
         settings = cls(
             ablations=tuple(ablations),
-            measures=tuple(measures),
-            test=sig.get("test", cls.test),
-            correction=sig.get("correction", cls.correction),
-            alpha=float(sig.get("alpha", cls.alpha)),
+            measures=measures,
+            test=test,
+            correction=correction,
+            alpha=alpha,
             scoring=scoring,
         )
-        if settings.test not in stats.TESTS:
-            raise ValueError(f"evaluate params: significance.test must be one of "
-                             f"{', '.join(stats.TESTS)}, got {settings.test!r}")
-        if settings.correction not in stats.CORRECTIONS:
-            raise ValueError(f"evaluate params: significance.correction must be one of "
-                             f"{', '.join(stats.CORRECTIONS)}, got {settings.correction!r}")
-        if not 0 < settings.alpha < 1:
-            raise ValueError(f"evaluate params: significance.alpha must be in (0, 1), "
-                             f"got {settings.alpha}")
         return settings
 
 

@@ -53,3 +53,34 @@ def read_split(split_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, s
     candidates = [(qid, docid, text) for qid, _, docid, text in rows]
     qrels = check_not_empty(read_table(paths["qrels"], QRELS), paths["qrels"], "judgements")
     return queries, candidates, qrels
+
+
+def subset(
+    candidates: list[tuple[str, str, str]],
+    qrels: pa.Table,
+    *,
+    queries: int | None = None,
+    depth: int | None = None,
+) -> list[tuple[str, str, str]]:
+    """A deterministic part of a split for the costlier analyses: the first ``queries`` judged
+    queries in qid order (``None``: all), each with its first ``depth`` candidates in first-stage
+    rank order (``None``: all). ``candidates`` as :func:`read_split` returns them.
+
+    Raises:
+        ValueError: ``queries`` or ``depth`` < 1, or no judged query has candidates.
+    """
+    for name, value in (("queries", queries), ("depth", depth)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"subset: {name} must be a positive int or None, got {value!r}")
+    judged = set(qrels.column("qid").to_pylist())
+    qids = sorted({qid for qid, _, _ in candidates if qid in judged})
+    if not qids:
+        raise ValueError("subset: no judged query has candidates")
+    keep = set(qids if queries is None else qids[:queries])
+    out: list[tuple[str, str, str]] = []
+    taken: dict[str, int] = {}
+    for qid, docid, text in candidates:
+        if qid in keep and (depth is None or taken.get(qid, 0) < depth):
+            taken[qid] = taken.get(qid, 0) + 1
+            out.append((qid, docid, text))
+    return out

@@ -30,8 +30,10 @@ from lorascope.study.spec import (
     ConfigError,
     Convergence,
     Evaluation,
+    LAST_STEP,
     LoraSettings,
     Model,
+    Selection,
     Significance,
     Split,
     Study,
@@ -479,6 +481,24 @@ def check_selection(
                 f"(adapters: {', '.join(known)})"
             )
     return chosen
+
+
+def check_steps(steps: Sequence[int | str] | None, chosen: Sequence[Model],
+                selection: Selection, key: str) -> None:
+    """Every step of an analysis's ``steps`` list (``"last"`` always is) must be a checkpoint
+    of every adapter the analysis selects."""
+    for i, step in enumerate(steps or ()):
+        if step == LAST_STEP:
+            continue
+        for model in chosen:
+            for adapter in selection.selects(model):
+                have = model.steps_of(adapter)
+                if step not in have:
+                    raise ConfigError(
+                        f"config key '{key}[{i}]': adapter {adapter!r} of model "
+                        f"{model.name!r} has no checkpoint at step {step} (its checkpoints: "
+                        f"{', '.join(map(str, have))})"
+                    )
 
 
 def names_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:

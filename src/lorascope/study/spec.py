@@ -299,6 +299,26 @@ class Selection:
         return names if self.adapters is None else [n for n in names if n in self.adapters]
 
 
+#: In an analysis's ``steps`` list: the run's last checkpoint, whatever its step.
+LAST_STEP = "last"
+
+
+def resolve_steps(wanted: tuple[int | str, ...] | None, have: tuple[int, ...] | list[int], *,
+                  default_all: bool) -> list[int]:
+    """The checkpoint steps an analysis chose from a run's ``have`` (ascending): ``wanted``
+    (``"last"`` = the last checkpoint), or when ``None`` every checkpoint (``default_all``) or
+    the last one."""
+    if wanted is None:
+        return list(have) if default_all else [have[-1]]
+    return sorted({have[-1] if s == LAST_STEP else int(s) for s in wanted})
+
+
+def read_steps(chosen: list[int], have: tuple[int, ...] | list[int]) -> list[int]:
+    """The checkpoints a base-vs-checkpoints job reads: the chosen ones and the run's last,
+    whose trained score head serves the base model (step 0)."""
+    return sorted({*chosen, have[-1]})
+
+
 @dataclass(frozen=True)
 class Study:
     """The whole, validated study. ``raw`` is the defaults-filled config dict.

@@ -1,7 +1,8 @@
 """The relevance lens: the trained score head read out at every layer.
 
 Where in depth does relevance become readable, for the base model and as training goes on?
-Parts: :mod:`.readout` (the maths), :mod:`.stage` (the ``lens`` stage), :mod:`.study` (the
+Parts: :mod:`lorascope.core.readout` (the maths, shared with the probes), :mod:`.readable`
+(when a layer counts as readable), :mod:`.stage` (the ``lens`` stage), :mod:`.study` (the
 ``analyses.lens`` block, its jobs and slices), :mod:`.cli`, :mod:`.report`; ``schema.yaml``.
 """
 

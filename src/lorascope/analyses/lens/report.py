@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analyses.lens import LENS
-from lorascope.analyses.lens.readout import DEFAULT_EPSILON, readable_from
+from lorascope.analyses.lens.readable import DEFAULT_EPSILON, readable_from
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs, pick_split
 from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table

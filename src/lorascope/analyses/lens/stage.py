@@ -1,5 +1,5 @@
 """The ``lens`` stage: the relevance lens of the base model and every checkpoint of one run on
-one split (the readout maths is :mod:`.readout`).
+one split (the readout maths is :mod:`lorascope.core.readout`, shared with the probes).
 
 Checkpoints: the output has one row set per checkpoint step, plus step 0, the *base model*:
 every LoRA update switched off in place (:func:`lorascope.core.switching.zeroed`), read with the
@@ -10,7 +10,8 @@ answers "how much of the final readout can the untouched base already serve, and
 initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ) switching LoRA off
 leaves the residual model, not the original base; the summary says so.
 
-Loading: the base model and the last checkpoint are loaded once
+Loading (:mod:`lorascope.models.run`, shared with the other base-vs-checkpoints analyses): the
+base model and the last checkpoint are loaded once
 (:func:`lorascope.models.adapted.load_adapted`); every other checkpoint of the run (same
 ``adapter_config.json``) is swapped into the same LoRA layers and head copy with peft's
 ``set_peft_model_state_dict``. Measured on tiny LLaMA / GPT-NeoX / BERT adapters (LoRA and
@@ -32,37 +33,27 @@ the timings; plus the run's fields and provenance.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lorascope.analyses.lens import LENS, LENS_QUERIES
-from lorascope.analyses.lens.readout import (
-    DEFAULT_EPSILON,
-    Readout,
-    check_final_layer,
-    readable_from,
-    readout_for,
-    score_layers,
-)
-from lorascope.core import fileio, metrics, provenance, variants
-from lorascope.core.adapters import verified_manifest
+from lorascope.analyses.lens.readable import DEFAULT_EPSILON, readable_from
+from lorascope.core import fileio, metrics, provenance
 from lorascope.core.contracts import write_table
 from lorascope.core.precision import describe
-from lorascope.core.results import ScoringSettings, UsesScoring
-
-if TYPE_CHECKING:
-    pass
+from lorascope.core.readout import Readout, check_final_layer, readout_for, score_layers
+from lorascope.core.results import ScoringSettings, UsesScoring, measures_param
+from lorascope.models.run import BASE_STEP, load_run, read_run, visit
 
 log = logging.getLogger(__name__)
 
 STAGE = "lens"
 RUN_FIELDS = ("model", "adapter", "split")
-BASE_STEP = 0
 PARAM_KEYS = frozenset({*RUN_FIELDS, "metrics", "scoring", "epsilon"})
 
 
@@ -78,7 +69,7 @@ class LensSettings(UsesScoring):
 
     measures: tuple[str, ...]
     epsilon: float = DEFAULT_EPSILON
-    scoring: ScoringSettings = ScoringSettings()
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> LensSettings:
@@ -86,13 +77,7 @@ class LensSettings(UsesScoring):
         unknown = sorted(set(params) - PARAM_KEYS)
         if unknown:
             raise ValueError(f"lens params: unknown keys {unknown}; known: {sorted(PARAM_KEYS)}")
-        measures = params.get("metrics")
-        if (not isinstance(measures, list) or not measures
-                or not all(isinstance(m, str) for m in measures)):
-            raise ValueError("lens params: 'metrics' must be a non-empty list of measure names")
-        if len(set(measures)) != len(measures):
-            raise ValueError(f"lens params: 'metrics' lists a measure twice: {measures}")
-        metrics.parse_measures(measures)  # an unknown measure fails here, before any loading
+        measures = measures_param(params, "lens")
         settings = cls(
             measures=tuple(measures),
             epsilon=float(params.get("epsilon", cls.epsilon)),
@@ -101,43 +86,6 @@ class LensSettings(UsesScoring):
         if settings.epsilon < 0:
             raise ValueError(f"lens params: 'epsilon' must be >= 0, got {settings.epsilon}")
         return settings
-
-
-def _checkpoints(adapter_dirs_by_step: Mapping[int, str | Path]) -> list[tuple[int, Path]]:
-    """``(step, dir)`` sorted by step, checked: positive int steps, existing peft dirs."""
-    if not adapter_dirs_by_step:
-        raise ValueError("lens: no adapter checkpoints given (adapter_dirs_by_step is empty)")
-    out: list[tuple[int, Path]] = []
-    for step, directory in adapter_dirs_by_step.items():
-        if isinstance(step, bool) or not isinstance(step, int) or step <= BASE_STEP:
-            raise ValueError(f"lens: checkpoint step {step!r} ({directory}) must be an int > "
-                             f"{BASE_STEP}; step {BASE_STEP} is the base model")
-        if not (Path(directory) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"lens: {directory} (step {step}) is no peft adapter "
-                                    "directory (no adapter_config.json)")
-        out.append((step, Path(directory)))
-    return sorted(out)
-
-
-def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    return json.loads((adapter_dir / "adapter_config.json").read_text())
-
-
-def _check_one_run(checkpoints: Sequence[tuple[int, Path]]) -> dict[str, Any]:
-    """The checkpoints' common adapter config; ValueError naming the keys that differ."""
-    step0, dir0 = checkpoints[0]
-    reference = _adapter_config(dir0)
-    for step, directory in checkpoints[1:]:
-        config = _adapter_config(directory)
-        differ = sorted(k for k in set(reference) | set(config)
-                        if reference.get(k) != config.get(k))
-        if differ:
-            raise ValueError(
-                f"lens: checkpoints {dir0} (step {step0}) and {directory} (step {step}) have "
-                f"different adapter configs ({', '.join(differ)}); the lens compares "
-                "checkpoints of one training run"
-            )
-    return reference
 
 
 def lens(
@@ -162,33 +110,25 @@ def lens(
         The summary written to ``out_summary``.
 
     Raises:
-        LensError: the deepest lens layer does not reproduce the model's own score.
+        ReadoutError: the deepest lens layer does not reproduce the model's own score.
         ValueError: bad params (naming the key), checkpoints of different runs.
     """
     from lorascope.core import switching
-    from lorascope.data.splits import read_split
-    from lorascope.models.adapted import load_adapted, swap_checkpoint
-    from lorascope.models.reranker import default_device
     from lorascope.core.scoring import PreparedPairs
+    from lorascope.data.splits import read_split
+    from lorascope.models.reranker import default_device
 
     settings = LensSettings.from_params(params)
-    checkpoints = _checkpoints(adapter_dirs_by_step)
-    adapter_config = _check_one_run(checkpoints)
-    manifests = {step: verified_manifest(d, base_dir) for step, d in checkpoints}
-    last_step, last_dir = checkpoints[-1]
+    run = read_run(adapter_dirs_by_step, base_dir, STAGE)
+    checkpoints, last_step, last_dir = run.checkpoints, run.last_step, run.last_dir
     device = default_device()
     precision = settings.scoring.resolve(device)
     started = time.perf_counter()
-    model, tokenizer, arch = load_adapted(base_dir, last_dir, dtype=precision.dtype,
-                                          device=device, attention=precision.attention)
+    model, tokenizer, arch, load_seconds = load_run(run, base_dir, dtype=precision.dtype,
+                                                    device=device,
+                                                    attention=precision.attention)
     readout_for(arch)
     modules = switching.lora_modules(model, arch)
-    original_base = not variants.rewrites_base(adapter_config.get("init_lora_weights"))
-    if not original_base:
-        log.warning("init_lora_weights=%r rewrites the base weights: step %d (LoRA off) is the "
-                    "residual model, not the original base", adapter_config["init_lora_weights"],
-                    BASE_STEP)
-    load_seconds = time.perf_counter() - started
     log.info("loaded %s + %s (step %d) on %s in %.1fs: %d LoRA modules, %d checkpoints",
              base_dir, last_dir, last_step, device, load_seconds, len(modules), len(checkpoints))
 
@@ -199,52 +139,43 @@ def lens(
     record = provenance.record(
         STAGE, params, base_dir=str(base_dir), split_dir=str(split_dir), device=device,
         adapter_dirs={str(s): str(d) for s, d in checkpoints},
-        adapter_manifests={str(s): m for s, m in manifests.items()},
+        adapter_manifests={str(s): m for s, m in run.manifests.items()},
         base_head_step=last_step, precision=describe(precision),
     )
 
-    dirs = dict(checkpoints)
-    order = [BASE_STEP, last_step] + [s for s, _ in checkpoints[:-1]]
     per_step: dict[int, dict[str, Any]] = {}
     per_query: dict[int, dict[int, dict[str, dict[str, float]]]] = {}
     budget = settings.batch_tokens
-    for step in order:
-        t0 = time.perf_counter()
-        if step not in (BASE_STEP, last_step):
-            swap_checkpoint(model, dirs[step], device)
-        swap_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        desc = f"lens step {step}" + (" (base)" if step == BASE_STEP else "")
-        if step == BASE_STEP:
-            with switching.zeroed(model, arch, modules.keys()):
-                scores = score_layers(prepared, model, arch, device=device, batch_tokens=budget,
-                                      progress=progress, desc=desc)
-        else:
+    with closing(visit(model, arch, run, list(run.dirs), device, stage=STAGE)) as steps_:
+        for step, swap_seconds in steps_:
+            t1 = time.perf_counter()
+            desc = f"lens step {step}" + (" (base)" if step == BASE_STEP else "")
             scores = score_layers(prepared, model, arch, device=device, batch_tokens=budget,
                                   progress=progress, desc=desc)
-        budget = scores.stats["batch_tokens"]
-        seconds = time.perf_counter() - t1
-        diff = check_final_layer(scores, precision.dtype, f"step {step} of {last_dir.parent}")
-        t2 = time.perf_counter()
-        per_query[step] = {layer: metrics.per_query(qrels, scores.run(layer),
-                                                    list(settings.measures))
-                           for layer in range(1, scores.depth + 1)}
-        metric_seconds = time.perf_counter() - t2
-        per_step[step] = _step_entry(step, per_query[step], settings, seconds=seconds,
-                                     swap_seconds=swap_seconds, metric_seconds=metric_seconds,
-                                     final_diff=diff, stats=scores.stats)
-        primary = settings.measures[0]
-        log.info("step %-6d %d pairs x %d layers in %.2fs (%.1f pairs/s); %s final %.4f, best "
-                 "layer %d (%.4f), readable from layer %d", step, len(prepared),
-                 scores.depth, seconds, len(prepared) / max(seconds, 1e-9), primary,
-                 per_step[step]["final_value"][primary], per_step[step]["best_layer"][primary],
-                 per_step[step]["best_value"][primary], per_step[step]["readable_from"][primary])
+            budget = scores.stats["batch_tokens"]
+            seconds = time.perf_counter() - t1
+            diff = check_final_layer(scores, precision.dtype,
+                                     f"step {step} of {last_dir.parent}")
+            t2 = time.perf_counter()
+            per_query[step] = {layer: metrics.per_query(qrels, scores.run(layer),
+                                                        list(settings.measures))
+                               for layer in range(1, scores.depth + 1)}
+            metric_seconds = time.perf_counter() - t2
+            per_step[step] = entry = _step_entry(
+                step, per_query[step], settings, seconds=seconds, swap_seconds=swap_seconds,
+                metric_seconds=metric_seconds, final_diff=diff, stats=scores.stats)
+            primary = settings.measures[0]
+            log.info("step %-6d %d pairs x %d layers in %.2fs (%.1f pairs/s); %s final %.4f, "
+                     "best layer %d (%.4f), readable from layer %d", step, len(prepared),
+                     scores.depth, seconds, len(prepared) / max(seconds, 1e-9), primary,
+                     entry["final_value"][primary], entry["best_layer"][primary],
+                     entry["best_value"][primary], entry["readable_from"][primary])
 
-    run = {k: str(params.get(k, "")) for k in RUN_FIELDS}
+    fields = {k: str(params.get(k, "")) for k in RUN_FIELDS}
     steps = sorted(per_query)
-    write_table(out_parquet, _aggregate_rows(run, steps, per_query), LENS, record)
+    write_table(out_parquet, _aggregate_rows(fields, steps, per_query), LENS, record)
     if out_per_query is not None:
-        write_table(out_per_query, _query_rows(run, steps, per_query), LENS_QUERIES, record)
+        write_table(out_per_query, _query_rows(fields, steps, per_query), LENS_QUERIES, record)
     depth = max(per_query[last_step])
     summary = {
         **{k: params[k] for k in RUN_FIELDS if k in params},
@@ -257,7 +188,7 @@ def lens(
         "readout": {"architecture": arch.model_type, **_readout_dict(readout_for(arch))},
         "steps": steps,
         "base": {"step": BASE_STEP, "lora": "every LoRA update switched off",
-                 "head_from_step": last_step, "original_base": original_base},
+                 "head_from_step": last_step, "original_base": run.original_base},
         "per_step": [per_step[s] for s in steps],
         "scoring": {"pairs": len(prepared), "batch_tokens": budget,
                     "max_length": settings.max_length, "precision": precision.resolved,

@@ -1,8 +1,9 @@
-"""The relevance lens: how well each layer's hidden state ranks when the trained head reads it.
+"""Reading a reranker at every layer: the scoring token's hidden state after each block, and the
+trained head applied to it (the relevance lens; the probes read the same states).
 
 The reranker's score is its trained head applied to one token's final hidden state. The lens
-applies that same head to the hidden state after every block - where in depth does relevance
-become readable, and how does training move it? One forward pass per batch with
+(:mod:`lorascope.analyses.lens`) applies that same head to the hidden state after every block -
+where in depth does relevance become readable, and how does training move it? One forward pass per batch with
 ``output_hidden_states`` gives every layer; per layer the scores rank the split's candidates
 and :mod:`lorascope.core.metrics` measures the ranking per query.
 
@@ -40,8 +41,8 @@ there. An out-of-memory error halves the token budget and redoes the pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,16 +56,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A layer is "readable" when its value is >= the final layer's - epsilon (the default).
-DEFAULT_EPSILON = 0.01
 #: How far lens layer L may be from the model's own score (relative to max(1, |score|)).
 FINAL_LAYER_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
 
 Key = tuple[str, str]
 
 
-class LensError(RuntimeError):
-    """The lens's deepest layer does not reproduce the model's own score."""
+class ReadoutError(RuntimeError):
+    """The readout of the deepest layer does not reproduce the model's own score."""
 
 
 @dataclass(frozen=True)
@@ -163,16 +162,17 @@ def layer_scores(
 
 
 @contextmanager
-def _recording(model: torch.nn.Module, arch: ArchitectureRoles) -> Iterator[list[torch.Tensor]]:
-    """Inside the block, every forward of ``model`` also returns its hidden states and appends
-    its per-layer scores ``(batch, layers + 1)`` to the yielded list.
+def recording_hidden(model: torch.nn.Module, keep: Callable[[Any, torch.Tensor], Any],
+                     who: str = "the lens") -> Iterator[list[Any]]:
+    """Inside the block, every forward of ``model`` also returns its hidden states, and
+    ``keep(hidden_states, input_ids)`` of each forward is appended to the yielded list.
 
     Hooks on the task model: a pre-hook that asks for ``output_hidden_states`` (peft passes
     ``output_hidden_states=None`` explicitly, so setting it in the config would not reach the
-    backbone) and a hook that reads them. Only the small score matrix is kept.
+    backbone) and a hook that reads them; ``keep`` decides what little is kept.
     """
     task = task_model(model)
-    records: list[torch.Tensor] = []
+    records: list[Any] = []
 
     def ask(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {**kwargs, "output_hidden_states": True}
@@ -180,11 +180,12 @@ def _recording(model: torch.nn.Module, arch: ArchitectureRoles) -> Iterator[list
     def read(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         hidden = getattr(output, "hidden_states", None)
         if not hidden:
-            raise LensError(f"{type(module).__name__} returned no hidden states")
+            raise ReadoutError(f"{type(module).__name__} returned no hidden states")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
-            raise LensError("the lens needs input_ids (not inputs_embeds) to find the read token")
-        records.append(layer_scores(model, arch, hidden, input_ids))
+            raise ReadoutError(f"{who} needs input_ids (not inputs_embeds) to find the read "
+                               "token")
+        records.append(keep(hidden, input_ids))
 
     handles = [task.register_forward_pre_hook(ask, with_kwargs=True),
                task.register_forward_hook(read, with_kwargs=True)]
@@ -193,6 +194,12 @@ def _recording(model: torch.nn.Module, arch: ArchitectureRoles) -> Iterator[list
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _recording(model: torch.nn.Module, arch: ArchitectureRoles):
+    """Every forward's per-layer scores ``(batch, layers + 1)`` (only the small score matrix
+    is kept)."""
+    return recording_hidden(model, lambda hidden, ids: layer_scores(model, arch, hidden, ids))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -235,6 +242,59 @@ class LayerScores:
         return [(q, d, s) for (q, d), s in zip(self.keys, column)]
 
 
+def recorded_pass(
+    prepared: PreparedPairs,
+    model: torch.nn.Module,
+    recording: Callable[[], AbstractContextManager[list[Any]]],
+    *,
+    device: str | torch.device = "cpu",
+    batch_tokens: int | None = None,
+    progress: bool = True,
+    desc: str = "lens",
+    what: str = "in the lens",
+    batch_size: Callable[[Any], int] = len,
+) -> tuple[list[list[int]], list[Any], dict[Key, float], int]:
+    """One scoring pass over every prepared pair with an explicit length-sorted plan, inside
+    ``recording()`` (a context that yields the list its hooks append one record per batch to):
+    ``(plan, records, the model's own scores, the token budget that worked)``.
+
+    After a CUDA out-of-memory error the whole pass is redone with half the token budget
+    (hooks that keep every layer's hidden states of a batch take more memory than plain
+    scoring); ``what`` says where in the warning. The records are checked to match the plan,
+    batch by batch (``batch_size(record)``: the pairs a record holds).
+
+    Raises:
+        ReadoutError: the recorded batches do not match the plan.
+    """
+    import torch
+
+    from lorascope.core.batches import plan_batches
+
+    budget = prepared.batch_tokens if batch_tokens is None else int(batch_tokens)
+    oom = tuple(e for e in (getattr(torch, "OutOfMemoryError", None),
+                            getattr(torch.cuda, "OutOfMemoryError", None))
+                if isinstance(e, type))
+    while True:
+        plan = plan_batches(prepared.lengths, budget)
+        try:
+            with recording() as records:
+                own = prepared.score(model, device=device, progress=progress, desc=desc,
+                                     batches=plan)
+            break
+        except oom:
+            if all(len(b) == 1 for b in plan):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("out of GPU memory %s with %d-token batches; redoing the pass with %d",
+                        what, budget, max(1, budget // 2))
+            budget = max(1, budget // 2)
+    if len(records) != len(plan) or any(batch_size(r) != len(b) for r, b in zip(records, plan)):
+        raise ReadoutError(f"recorded {len(records)} batches for a plan of {len(plan)}: the "
+                           "scoring loop no longer runs the plan in order")
+    return plan, records, own, budget
+
+
 def score_layers(
     prepared: PreparedPairs,
     model: torch.nn.Module,
@@ -260,32 +320,10 @@ def score_layers(
         The per-layer scores; ``stats["batch_tokens"]`` is the budget that worked.
     """
     import numpy as np
-    import torch
 
-    from lorascope.core.batches import plan_batches
-
-    budget = prepared.batch_tokens if batch_tokens is None else int(batch_tokens)
-    oom = tuple(e for e in (getattr(torch, "OutOfMemoryError", None),
-                            getattr(torch.cuda, "OutOfMemoryError", None))
-                if isinstance(e, type))
-    while True:
-        plan = plan_batches(prepared.lengths, budget)
-        try:
-            with _recording(model, arch) as records:
-                own = prepared.score(model, device=device, progress=progress, desc=desc,
-                                     batches=plan)
-            break
-        except oom:
-            if all(len(b) == 1 for b in plan):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("out of GPU memory in the lens with %d-token batches; redoing the pass "
-                        "with %d", budget, max(1, budget // 2))
-            budget = max(1, budget // 2)
-    if len(records) != len(plan) or any(r.shape[0] != len(b) for r, b in zip(records, plan)):
-        raise LensError(f"recorded {len(records)} batches for a plan of {len(plan)}: the "
-                        "scoring loop no longer runs the plan in order")
+    plan, records, own, budget = recorded_pass(
+        prepared, model, lambda: _recording(model, arch), device=device,
+        batch_tokens=batch_tokens, progress=progress, desc=desc, what="in the lens")
     values = np.empty((len(prepared), records[0].shape[1] if records else 1), dtype=np.float64)
     for batch, scores in zip(plan, records):
         values[batch] = scores.float().cpu().numpy()
@@ -296,23 +334,13 @@ def score_layers(
 
 
 def check_final_layer(scores: LayerScores, dtype: str, what: str) -> float:
-    """Raise :class:`LensError` unless lens layer L reproduces the model's own scores."""
+    """Raise :class:`ReadoutError` unless lens layer L reproduces the model's own scores."""
     diff = scores.final_diff
     tolerance = FINAL_LAYER_TOLERANCE.get(dtype, 1e-2)
     if diff > tolerance:
-        raise LensError(
+        raise ReadoutError(
             f"{what}: the lens at the last layer differs from the model's own score by {diff:.3g} "
             f"(tolerance {tolerance:g} for {dtype}); the readout no longer matches the "
             "classifier (hidden-state or head convention changed?)"
         )
     return diff
-
-
-def readable_from(curve: Mapping[int, float], epsilon: float) -> int | None:
-    """The first (shallowest) layer whose value is >= the last layer's - ``epsilon``: from
-    where relevance is readable. None for an empty curve."""
-    if not curve:
-        return None
-    order = sorted(curve)
-    final = curve[order[-1]]
-    return next(layer for layer in order if curve[layer] >= final - epsilon)
