@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from lorascope.report.data import PLAIN_VARIANTS, ReportInputs
+from lorascope.report.data import PLAIN_VARIANTS, ReportInputs, pick_split
 
 _NAME = re.compile(r"^r(\d+)-([^-]+)(?:-(.+))?$")
 VARIANT_NAMES = {
@@ -116,6 +116,24 @@ def showcase_adapter(specs: list[AdapterSpec], preferred: str | None = None) -> 
         return (s.targets == "all", s.plain, s.rank or 0, s.name)
 
     return max(specs, key=key)
+
+
+def showcase_rows(data: pd.DataFrame, model: str, inputs: ReportInputs,
+                  preferred_adapter: Any, preferred_splits: list[str]
+                  ) -> tuple[str, str, pd.DataFrame] | None:
+    """An analysis table's rows a section shows for ``model``: its showcase adapter
+    (:func:`showcase_adapter`, ``preferred_adapter`` first) on the first of
+    ``preferred_splits`` it has; ``(adapter, split, rows)``, or None without rows."""
+    rows = data[data["model"] == model]
+    if rows.empty:
+        return None
+    spec = showcase_adapter(model_adapters(inputs, model, set(rows["adapter"])),
+                            str(preferred_adapter) if preferred_adapter else None)
+    if spec is None:
+        return None
+    rows = rows[rows["adapter"] == spec.name]
+    split = pick_split(list(dict.fromkeys(rows["split"])), preferred_splits)
+    return spec.name, str(split), rows[rows["split"] == split]
 
 
 def main_measure(params: Mapping[str, Any]) -> str:

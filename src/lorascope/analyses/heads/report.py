@@ -23,7 +23,7 @@ import numpy as np
 
 from lorascope.analyses.heads import HEADS
 from lorascope.report import plotting
-from lorascope.report.data import ReportInputs, pick_split
+from lorascope.report.data import ReportInputs
 from lorascope.report.model import (
     MECHANICS_NOTE,
     SIGNIFICANT,
@@ -34,7 +34,7 @@ from lorascope.report.model import (
     Row,
     Table,
 )
-from lorascope.report.runs import main_measure, model_adapters, showcase_adapter, split_order
+from lorascope.report.runs import main_measure, showcase_rows, split_order
 from lorascope.report.tables import display_models, split_label
 
 FIGURE_KEY = "heads"
@@ -92,15 +92,10 @@ def heads_views(params: Mapping[str, Any], inputs: ReportInputs) -> list[HeadsVi
     data = table[table["measure"] == measure]
     views = []
     for model in display_models(params, inputs):
-        mdata = data[data["model"] == model]
-        if mdata.empty:
+        shown = showcase_rows(data, model, inputs, preferred_adapter, preferred_splits)
+        if shown is None:
             continue
-        spec = showcase_adapter(model_adapters(inputs, model, set(mdata["adapter"])),
-                                str(preferred_adapter) if preferred_adapter else None)
-        assert spec is not None
-        mdata = mdata[mdata["adapter"] == spec.name]
-        split = pick_split(list(dict.fromkeys(mdata["split"])), preferred_splits)
-        mdata = mdata[mdata["split"] == split]
+        adapter, split, mdata = shown
         mode = str(mdata["mode"].iloc[0])
         mdata = mdata[mdata["mode"] == mode]
         values: dict[int, Grid] = {}
@@ -109,7 +104,7 @@ def heads_views(params: Mapping[str, Any], inputs: ReportInputs) -> list[HeadsVi
                                                    mdata["p_adjusted"]):
             values.setdefault(int(step), {})[(int(layer), int(head))] = (
                 float(drop), bool(sig), float(p))
-        views.append(HeadsView(model, spec.name, str(split), measure, mode, values))
+        views.append(HeadsView(model, adapter, str(split), measure, mode, values))
     return views
 
 

@@ -24,9 +24,9 @@ import pandas as pd
 from lorascope.analyses.lens import LENS
 from lorascope.analyses.lens.readable import DEFAULT_EPSILON, readable_from
 from lorascope.report import plotting
-from lorascope.report.data import ReportInputs, pick_split
+from lorascope.report.data import ReportInputs
 from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import main_measure, model_adapters, showcase_adapter, split_order
+from lorascope.report.runs import main_measure, showcase_rows, split_order
 from lorascope.report.tables import display_models, split_label
 
 FIGURE_KEY = "lens"
@@ -62,20 +62,15 @@ def lens_views(params: Mapping[str, Any], inputs: ReportInputs) -> list[LensView
     data = lens[lens["measure"] == measure]
     views = []
     for model in display_models(params, inputs):
-        mdata = data[data["model"] == model]
-        if mdata.empty:
+        shown = showcase_rows(data, model, inputs, preferred_adapter, preferred_splits)
+        if shown is None:
             continue
-        spec = showcase_adapter(model_adapters(inputs, model, set(mdata["adapter"])),
-                                str(preferred_adapter) if preferred_adapter else None)
-        assert spec is not None
-        mdata = mdata[mdata["adapter"] == spec.name]
-        split = pick_split(list(dict.fromkeys(mdata["split"])), preferred_splits)
-        mdata = mdata[mdata["split"] == split]
+        adapter, split, mdata = shown
         values: dict[int, dict[int, float]] = {}
         for _, r in mdata.iterrows():
             if not pd.isna(r["value"]):
                 values.setdefault(int(r["step"]), {})[int(r["layer"])] = float(r["value"])
-        views.append(LensView(model, spec.name, str(split), measure, values))
+        views.append(LensView(model, adapter, str(split), measure, values))
     return views
 
 

@@ -23,9 +23,9 @@ import pandas as pd
 from lorascope.analyses.patching import PATCHING, PATCHING_HEADS
 from lorascope.analyses.patching.patch import rank_heads
 from lorascope.report import plotting
-from lorascope.report.data import ReportInputs, pick_split
+from lorascope.report.data import ReportInputs
 from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import model_adapters, showcase_adapter, split_order
+from lorascope.report.runs import showcase_rows, split_order
 from lorascope.report.tables import display_models
 
 FIGURE_KEY = "patching"
@@ -63,18 +63,13 @@ def patching_views(params: Mapping[str, Any], inputs: ReportInputs) -> list[Patc
     preferred = (params.get("table1") or {}).get("adapter")
     views = []
     for model in display_models(params, inputs):
-        mdata = table[table["model"] == model]
-        if mdata.empty:
+        shown = showcase_rows(table, model, inputs, preferred, split_order(params))
+        if shown is None:
             continue
-        spec = showcase_adapter(model_adapters(inputs, model, set(mdata["adapter"])),
-                                str(preferred) if preferred else None)
-        assert spec is not None
-        mdata = mdata[mdata["adapter"] == spec.name]
-        split = pick_split(list(dict.fromkeys(mdata["split"])), split_order(params))
-        mdata = mdata[mdata["split"] == split]
-        hdata = heads[(heads["model"] == model) & (heads["adapter"] == spec.name)
+        adapter, split, mdata = shown
+        hdata = heads[(heads["model"] == model) & (heads["adapter"] == adapter)
                       & (heads["split"] == split)]
-        views.append(PatchingView(model, spec.name, str(split), mdata, hdata))
+        views.append(PatchingView(model, adapter, str(split), mdata, hdata))
     return views
 
 

@@ -23,9 +23,9 @@ from lorascope.analyses.probing import PROBING
 from lorascope.analyses.probing.features import FEATURES
 from lorascope.analyses.probing.probes import readable_from
 from lorascope.report import plotting
-from lorascope.report.data import ReportInputs, pick_split
+from lorascope.report.data import ReportInputs
 from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import model_adapters, showcase_adapter, split_order
+from lorascope.report.runs import showcase_rows, split_order
 from lorascope.report.tables import display_models
 
 FIGURE_KEY = "probing"
@@ -65,22 +65,17 @@ def probe_views(params: Mapping[str, Any], inputs: ReportInputs) -> list[ProbeVi
     models += sorted(set(data["model"]) - set(models))
     views = []
     for model in models:
-        mdata = data[data["model"] == model]
-        if mdata.empty:
+        shown = showcase_rows(data, model, inputs, preferred_adapter, preferred_splits)
+        if shown is None:
             continue
-        spec = showcase_adapter(model_adapters(inputs, model, set(mdata["adapter"])),
-                                str(preferred_adapter) if preferred_adapter else None)
-        assert spec is not None
-        mdata = mdata[mdata["adapter"] == spec.name]
-        split = pick_split(list(dict.fromkeys(mdata["split"])), preferred_splits)
-        mdata = mdata[mdata["split"] == split]
+        adapter, split, mdata = shown
         values: dict[str, dict[int, dict[int, float]]] = {}
         for _, r in mdata.iterrows():
             if not pd.isna(r["r2"]):
                 values.setdefault(str(r["feature"]), {}).setdefault(
                     int(r["step"]), {})[int(r["layer"])] = float(r["r2"])
         idf = ", ".join(sorted(set(mdata["idf"])))
-        views.append(ProbeView(model, spec.name, str(split), idf, values))
+        views.append(ProbeView(model, adapter, str(split), idf, values))
     return views
 
 
