@@ -39,6 +39,16 @@ def checkpoint_dirs(values: Sequence[str]) -> dict[int, str]:
     return out
 
 
+def add_run_inputs(p: argparse.ArgumentParser, adapter_help: str) -> None:
+    """The inputs of a stage that reads several checkpoints of one run on a split:
+    ``--params``, ``--base``, ``--adapter STEP=DIR`` (repeated) and ``--split-dir``."""
+    p.add_argument("--params", type=params_arg, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
+                   help=adapter_help)
+    p.add_argument("--split-dir", required=True)
+
+
 def _validate_config(args: argparse.Namespace) -> None:
     from lorascope.study.parse import ConfigError, load_study_file
     from lorascope.study.plan import check_plan
@@ -251,11 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate-checkpoints", _evaluate_checkpoints,
             "Score the full adapter of every checkpoint of a run on a split (one model load).")
-    p.add_argument("--params", type=params_arg, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat for every step)")
-    p.add_argument("--split-dir", required=True)
+    add_run_inputs(p, "an extracted checkpoint (repeat for every step)")
     p.add_argument("--out", required=True, help="output folder (one step-<N>/ per checkpoint, "
                    "with its scores, metrics, summary and TREC run full.run)")
 

@@ -9,13 +9,14 @@ its evaluation rows, else by its name (``r<rank>-<targets>[-<variant>]``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from lorascope.report.data import PLAIN_VARIANTS, ReportInputs, pick_split
+from lorascope.report.model import MECHANICS_NOTE
 
 _NAME = re.compile(r"^r(\d+)-([^-]+)(?:-(.+))?$")
 VARIANT_NAMES = {
@@ -134,6 +135,24 @@ def showcase_rows(data: pd.DataFrame, model: str, inputs: ReportInputs,
     rows = rows[rows["adapter"] == spec.name]
     split = pick_split(list(dict.fromkeys(rows["split"])), preferred_splits)
     return spec.name, str(split), rows[rows["split"] == split]
+
+
+def run_notes(views: Sequence[Any], inputs: ReportInputs,
+              detail: Callable[[Any], str] = lambda view: "") -> list[str]:
+    """The closing notes of a section that shows one run per model (``views`` with ``model``,
+    ``adapter`` and ``split``): which run each model shows (``detail(view)`` appended), and
+    the mechanics note when a model is a mechanics-only one."""
+    runs = "; ".join(f"{inputs.model_label(v.model)}: `{v.adapter}` on `{v.split}`{detail(v)}"
+                     for v in views)
+    notes = [f"Runs: {runs}."]
+    if any(inputs.mechanics_only(v.model) for v in views):
+        notes.append(MECHANICS_NOTE)
+    return notes
+
+
+def common_split(views: Sequence[Any]) -> str:
+    """The split every view shows, or "" when they differ."""
+    return views[0].split if len({v.split for v in views}) == 1 else ""
 
 
 def main_measure(params: Mapping[str, Any]) -> str:

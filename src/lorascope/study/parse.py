@@ -483,6 +483,13 @@ def check_selection(
     return chosen
 
 
+def analysis_splits(raw: Mapping[str, Any], study: Study, key: str) -> tuple[str, ...]:
+    """An analysis's ``splits`` (null: the convergence split), each a split of the study."""
+    names = raw["splits"] if raw["splits"] is not None else [study.evaluation.convergence.split]
+    check_split_names(names, study.splits, f"{key}.splits")
+    return tuple(names)
+
+
 def check_steps(steps: Sequence[int | str] | None, chosen: Sequence[Model],
                 selection: Selection, key: str) -> None:
     """Every step of an analysis's ``steps`` list (``"last"`` always is) must be a checkpoint

@@ -350,6 +350,17 @@ class Study:
         """The parsed config of analysis ``name``, or None when the study does not ask for it."""
         return self.analyses.get(name)
 
+    def run_split_jobs(self, name: str) -> list[dict[str, str]]:
+        """The wildcards (model, adapter, split) of analysis ``name``, one job per selected run
+        and split (its config is a :class:`Selection` with ``splits``); [] when the study does
+        not ask for it."""
+        spec = self.analysis(name)
+        if spec is None:
+            return []
+        return [{"model": m.name, "adapter": adapter, "split": split}
+                for m in self.models.values() for adapter in spec.selects(m)
+                for split in spec.splits]
+
     def holdout_splits(self) -> list[Split]:
         """Splits sampled from the training collection (their queries leave training)."""
         return [s for s in self.splits.values() if s.same_collection(self.train)]

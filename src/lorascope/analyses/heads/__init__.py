@@ -14,6 +14,17 @@ import pyarrow as pa
 from lorascope.analyses.base import Analysis
 from lorascope.core.contracts import Contract
 
+#: The keys of both tables: one run, ablation mode, step, head and measure.
+_KEYS = [
+    ("model", pa.string()),
+    ("adapter", pa.string()),
+    ("split", pa.string()),
+    ("mode", pa.string()),
+    ("step", pa.int32()),
+    ("layer", pa.int32()),
+    ("head", pa.int32()),
+    ("measure", pa.string()),
+]
 #: One row per (model, adapter, split, step, layer, head, measure): the mean over the subset's
 #: judged queries of the measure with every head intact (``clean``) and with head ``head`` of
 #: block ``layer`` ablated (``ablated``); ``drop`` = clean - ablated (> 0: the head helps).
@@ -26,14 +37,7 @@ HEADS = Contract(
     "heads",
     pa.schema(
         [
-            ("model", pa.string()),
-            ("adapter", pa.string()),
-            ("split", pa.string()),
-            ("mode", pa.string()),
-            ("step", pa.int32()),
-            ("layer", pa.int32()),
-            ("head", pa.int32()),
-            ("measure", pa.string()),
+            *_KEYS,
             ("clean", pa.float64()),
             ("ablated", pa.float64()),
             ("drop", pa.float64()),
@@ -50,14 +54,7 @@ HEADS_QUERIES = Contract(
     "heads_queries",
     pa.schema(
         [
-            ("model", pa.string()),
-            ("adapter", pa.string()),
-            ("split", pa.string()),
-            ("mode", pa.string()),
-            ("step", pa.int32()),
-            ("layer", pa.int32()),
-            ("head", pa.int32()),
-            ("measure", pa.string()),
+            *_KEYS,
             ("qid", pa.string()),
             ("value", pa.float64()),
         ]

@@ -15,15 +15,11 @@ def _heads(args: argparse.Namespace) -> None:
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from lorascope.cli import params_arg
+    from lorascope.cli import add_run_inputs
 
     p = add("heads", _heads, "Attention-head ablation: every head zeroed (or mean-ablated) in "
                              "turn, base model vs checkpoints.")
-    p.add_argument("--params", type=params_arg, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint: every ablated step and the run's last one")
-    p.add_argument("--split-dir", required=True)
+    add_run_inputs(p, "an extracted checkpoint: every ablated step and the run's last one")
     p.add_argument("--out", required=True,
                    help="heads Parquet (per step x layer x head x measure)")
     p.add_argument("--per-query", help="per-query heads Parquet")

@@ -25,7 +25,6 @@ from lorascope.analyses.heads import HEADS
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs
 from lorascope.report.model import (
-    MECHANICS_NOTE,
     SIGNIFICANT,
     Cell,
     Column,
@@ -34,7 +33,7 @@ from lorascope.report.model import (
     Row,
     Table,
 )
-from lorascope.report.runs import main_measure, showcase_rows, split_order
+from lorascope.report.runs import common_split, main_measure, run_notes, showcase_rows, split_order
 from lorascope.report.tables import display_models, split_label
 
 FIGURE_KEY = "heads"
@@ -237,16 +236,12 @@ def top_heads_table(views: list[HeadsView], inputs: ReportInputs, top: int) -> T
         (f"{SIGNIFICANT} the change against the unablated model of the same step is "
          "significant (paired per-query test, p-value corrected over that step's heads)."),
     ]
-    runs = "; ".join(f"{inputs.model_label(v.model)}: `{v.adapter}` on `{v.split}` "
-                     f"({v.mode} ablation)" for v in views)
-    notes.append(f"Runs: {runs}.")
-    if any(inputs.mechanics_only(v.model) for v in views):
-        notes.append(MECHANICS_NOTE)
+    notes += run_notes(views, inputs, lambda v: f" ({v.mode} ablation)")
     return Table(
         key=TABLE_KEY,
         number=None,
         title="Attention heads that matter most",
-        split=views[0].split if len({v.split for v in views}) == 1 else "",
+        split=common_split(views),
         caption=(f"Per model and checkpoint, the {top} heads whose ablation lowers "
                  f"{views[0].measure} most."),
         row_header="Rank",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorascope.study import slices
-from lorascope.study.parse import check_selection, check_split_names, check_steps, names_or_none
+from lorascope.study.parse import analysis_splits, check_selection, check_steps, names_or_none
 from lorascope.study.spec import Selection, Study, read_steps, resolve_steps
 
 KEY = "analyses.heads"
@@ -34,8 +34,7 @@ def parse(raw: Mapping[str, Any], study: Study) -> HeadsSpec:
     """``analyses.heads`` (defaults filled by the schema) checked against the study: every
     listed step must be a checkpoint of every selected adapter."""
     chosen = check_selection(raw["models"], raw["adapters"], study.models, KEY)
-    names = raw["splits"] if raw["splits"] is not None else [study.evaluation.convergence.split]
-    check_split_names(names, study.splits, f"{KEY}.splits")
+    names = analysis_splits(raw, study, KEY)
     spec = HeadsSpec(names_or_none(raw["models"]), names_or_none(raw["adapters"]),
                      steps=tuple(raw["steps"]) if raw["steps"] is not None else None,
                      mode=raw["mode"], splits=tuple(names), queries=raw["queries"],
@@ -58,11 +57,7 @@ def checkpoints(study: Study, model: str, adapter: str) -> list[int]:
 
 def jobs(study: Study) -> list[dict[str, str]]:
     """The wildcards (model, adapter, split) of every head-ablation job."""
-    spec = study.analysis("heads")
-    if spec is None:
-        return []
-    return [{"model": m.name, "adapter": name, "split": split} for m in study.models.values()
-            for name in spec.selects(m) for split in spec.splits]
+    return study.run_split_jobs("heads")
 
 
 def heads(study: Study, model: str, adapter: str, split: str) -> dict[str, Any]:

@@ -15,14 +15,10 @@ def _lens(args: argparse.Namespace) -> None:
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from lorascope.cli import params_arg
+    from lorascope.cli import add_run_inputs
 
     p = add("lens", _lens, "Relevance lens: the score head read out at every layer, per checkpoint.")
-    p.add_argument("--params", type=params_arg, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat for every step)")
-    p.add_argument("--split-dir", required=True)
+    add_run_inputs(p, "an extracted checkpoint (repeat for every step)")
     p.add_argument("--out", required=True, help="lens Parquet (mean per step x layer x measure)")
     p.add_argument("--per-query", help="per-query lens Parquet")
     p.add_argument("--summary", required=True)

@@ -25,8 +25,8 @@ from lorascope.analyses.lens import LENS
 from lorascope.analyses.lens.readable import DEFAULT_EPSILON, readable_from
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs
-from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import main_measure, showcase_rows, split_order
+from lorascope.report.model import Cell, Column, Figure, Omitted, Row, Table
+from lorascope.report.runs import common_split, main_measure, run_notes, showcase_rows, split_order
 from lorascope.report.tables import display_models, split_label
 
 FIGURE_KEY = "lens"
@@ -188,16 +188,12 @@ def readable_table(views: list[LensView], inputs: ReportInputs, epsilon: float) 
         f"layer's value − ε (ε = {epsilon:g}); \"base\": every LoRA update off, read by the "
         "last checkpoint's head.",
     ]
-    runs = "; ".join(f"{inputs.model_label(v.model)}: `{v.adapter}` on `{v.split}`"
-                     for v in views)
-    notes.append(f"Runs: {runs}.")
-    if any(inputs.mechanics_only(v.model) for v in views):
-        notes.append(MECHANICS_NOTE)
+    notes += run_notes(views, inputs)
     return Table(
         key=TABLE_KEY,
         number=None,
         title="Relevance readable from layer",
-        split=views[0].split if len({v.split for v in views}) == 1 else "",
+        split=common_split(views),
         caption=(
             f"Per checkpoint, the shallowest layer from which the trained head reads a ranking "
             f"within ε of the full model's, and the full model's {views[0].measure}."

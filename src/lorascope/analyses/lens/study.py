@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorascope.study import slices
-from lorascope.study.parse import check_selection, check_split_names, names_or_none
+from lorascope.study.parse import analysis_splits, check_selection, names_or_none
 from lorascope.study.spec import Selection, Study
 
 
@@ -24,18 +24,13 @@ def parse(raw: Mapping[str, Any], study: Study) -> LensSpec:
     """``analyses.lens`` (defaults filled by the schema) checked against the study."""
     key = "analyses.lens"
     check_selection(raw["models"], raw["adapters"], study.models, key)
-    names = raw["splits"] if raw["splits"] is not None else [study.evaluation.convergence.split]
-    check_split_names(names, study.splits, f"{key}.splits")
+    names = analysis_splits(raw, study, key)
     return LensSpec(names_or_none(raw["models"]), names_or_none(raw["adapters"]), tuple(names))
 
 
 def jobs(study: Study) -> list[dict[str, str]]:
     """The wildcards (model, adapter, split) of every relevance-lens job."""
-    lens = study.analysis("lens")
-    if lens is None:
-        return []
-    return [{"model": m.name, "adapter": name, "split": split} for m in study.models.values()
-            for name in lens.selects(m) for split in lens.splits]
+    return study.run_split_jobs("lens")
 
 
 def lens(study: Study, model: str, adapter: str, split: str) -> dict[str, Any]:

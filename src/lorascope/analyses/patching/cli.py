@@ -15,15 +15,11 @@ def _patching(args: argparse.Namespace) -> None:
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from lorascope.cli import params_arg
+    from lorascope.cli import add_run_inputs
 
     p = add("patching", _patching,
             "Axiomatic perturbations + activation patching (residual stream, heads).")
-    p.add_argument("--params", type=params_arg, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat for every step)")
-    p.add_argument("--split-dir", required=True)
+    add_run_inputs(p, "an extracted checkpoint (repeat for every step)")
     p.add_argument("--out", required=True, help="share per step x perturbation x layer x group")
     p.add_argument("--heads", required=True, help="share per step x perturbation x layer x head")
     p.add_argument("--pairs", required=True, help="every pair's scores")

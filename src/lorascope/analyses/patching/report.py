@@ -24,8 +24,8 @@ from lorascope.analyses.patching import PATCHING, PATCHING_HEADS
 from lorascope.analyses.patching.patch import rank_heads
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs
-from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import showcase_rows, split_order
+from lorascope.report.model import Cell, Column, Figure, Omitted, Row, Table
+from lorascope.report.runs import common_split, run_notes, showcase_rows, split_order
 from lorascope.report.tables import display_models
 
 FIGURE_KEY = "patching"
@@ -257,15 +257,12 @@ def heads_table(views: list[PatchingView], inputs: ReportInputs) -> Table:
                  "patched alone; it is not a joint patch of those heads (none was run), and "
                  "single-head shares are not additive: the sum can exceed or fall short of "
                  "what patching them together recovers.")
-    notes.append("Runs: " + "; ".join(f"{inputs.model_label(v.model)}: `{v.adapter}` on "
-                                      f"`{v.split}`" for v in views) + ".")
-    if any(inputs.mechanics_only(v.model) for v in views):
-        notes.append(MECHANICS_NOTE)
+    notes += run_notes(views, inputs)
     return Table(
         key=TABLE_KEY,
         number=None,
         title=f"Heads carrying {perturbation}",
-        split=views[0].split if len({v.split for v in views}) == 1 else "",
+        split=common_split(views),
         caption=(f"Per checkpoint, the attention heads whose output, patched alone from the "
                  f"{perturbation} run, recovers the largest share of its score change, and "
                  f"the sum of those top-{TOP} single-head shares (not a joint patch of the "

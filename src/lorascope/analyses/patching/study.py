@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorascope.study import slices
-from lorascope.study.parse import check_selection, check_split_names, check_steps, names_or_none
+from lorascope.study.parse import analysis_splits, check_selection, check_steps, names_or_none
 from lorascope.study.spec import ConfigError, Selection, Study, read_steps, resolve_steps
 
 KEY = "analyses.patching"
@@ -34,8 +34,7 @@ class PatchingSpec(Selection):
 def parse(raw: Mapping[str, Any], study: Study) -> PatchingSpec:
     """``analyses.patching`` (defaults filled by the schema) checked against the study."""
     chosen = check_selection(raw["models"], raw["adapters"], study.models, KEY)
-    names = raw["splits"] if raw["splits"] is not None else [study.evaluation.convergence.split]
-    check_split_names(names, study.splits, f"{KEY}.splits")
+    names = analysis_splits(raw, study, KEY)
     spec = PatchingSpec(
         names_or_none(raw["models"]), names_or_none(raw["adapters"]), tuple(names),
         steps=tuple(raw["steps"]) if raw["steps"] is not None else None,
@@ -53,11 +52,7 @@ def parse(raw: Mapping[str, Any], study: Study) -> PatchingSpec:
 
 def jobs(study: Study) -> list[dict[str, str]]:
     """The wildcards (model, adapter, split) of every patching job."""
-    spec = study.analysis("patching")
-    if spec is None:
-        return []
-    return [{"model": m.name, "adapter": name, "split": split} for m in study.models.values()
-            for name in spec.selects(m) for split in spec.splits]
+    return study.run_split_jobs("patching")
 
 
 def patched_steps(study: Study, model: str, adapter: str) -> list[int]:

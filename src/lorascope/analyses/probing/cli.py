@@ -15,15 +15,11 @@ def _probing(args: argparse.Namespace) -> None:
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from lorascope.cli import params_arg
+    from lorascope.cli import add_run_inputs
 
     p = add("probing", _probing,
             "Linear probes of IR features (BM25, tf, coverage, length) at every layer.")
-    p.add_argument("--params", type=params_arg, required=True)
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", action="append", required=True, metavar="STEP=DIR",
-                   help="an extracted checkpoint (repeat: every probed step and the last)")
-    p.add_argument("--split-dir", required=True)
+    add_run_inputs(p, "an extracted checkpoint (repeat: every probed step and the last)")
     p.add_argument("--out", required=True, help="probing Parquet (R² per step x layer x feature)")
     p.add_argument("--per-fold", required=True, help="per-fold probing Parquet")
     p.add_argument("--summary", required=True)

@@ -24,8 +24,8 @@ from lorascope.analyses.probing.features import FEATURES
 from lorascope.analyses.probing.probes import readable_from
 from lorascope.report import plotting
 from lorascope.report.data import ReportInputs
-from lorascope.report.model import MECHANICS_NOTE, Cell, Column, Figure, Omitted, Row, Table
-from lorascope.report.runs import showcase_rows, split_order
+from lorascope.report.model import Cell, Column, Figure, Omitted, Row, Table
+from lorascope.report.runs import common_split, run_notes, showcase_rows, split_order
 from lorascope.report.tables import display_models
 
 FIGURE_KEY = "probing"
@@ -177,16 +177,12 @@ def readable_table(views: list[ProbeView], inputs: ReportInputs, threshold: floa
     notes = [
         (f"Readable from layer l: the first layer whose out-of-fold R² reaches {threshold:g}; "
          "\"base\": every LoRA update off."),
-        "Runs: " + "; ".join(f"{inputs.model_label(v.model)}: `{v.adapter}` on `{v.split}`"
-                             for v in views) + ".",
-    ]
-    if any(inputs.mechanics_only(v.model) for v in views):
-        notes.append(MECHANICS_NOTE)
+    ] + run_notes(views, inputs)
     return Table(
         key=TABLE_KEY,
         number=None,
         title="IR features linearly readable from layer",
-        split=views[0].split if len({v.split for v in views}) == 1 else "",
+        split=common_split(views),
         caption=(
             f"Per checkpoint, the shallowest layer whose ridge probe explains at least "
             f"{threshold:g} of a feature's variance across held-out queries' pairs, and the best "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorascope.study import slices
-from lorascope.study.parse import check_selection, check_split_names, check_steps, names_or_none
+from lorascope.study.parse import analysis_splits, check_selection, check_steps, names_or_none
 from lorascope.study.spec import ConfigError, Model, Selection, Study, read_steps, resolve_steps
 
 KEY = "analyses.probing"
@@ -39,8 +39,7 @@ class ProbingSpec(Selection):
 def parse(raw: Mapping[str, Any], study: Study) -> ProbingSpec:
     """``analyses.probing`` (defaults filled by the schema) checked against the study."""
     chosen = check_selection(raw["models"], raw["adapters"], study.models, KEY)
-    names = raw["splits"] if raw["splits"] is not None else [study.evaluation.convergence.split]
-    check_split_names(names, study.splits, f"{KEY}.splits")
+    names = analysis_splits(raw, study, KEY)
     spec = ProbingSpec(
         names_or_none(raw["models"]), names_or_none(raw["adapters"]), tuple(names),
         steps=tuple(raw["steps"]) if raw["steps"] is not None else None,
@@ -68,11 +67,7 @@ def parse(raw: Mapping[str, Any], study: Study) -> ProbingSpec:
 
 def jobs(study: Study) -> list[dict[str, str]]:
     """The wildcards (model, adapter, split) of every probing job."""
-    spec = study.analysis("probing")
-    if spec is None:
-        return []
-    return [{"model": m.name, "adapter": name, "split": split} for m in study.models.values()
-            for name in spec.selects(m) for split in spec.splits]
+    return study.run_split_jobs("probing")
 
 
 def checkpoint_steps(study: Study, model: str, adapter: str) -> list[int]:
