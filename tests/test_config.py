@@ -42,6 +42,17 @@ def test_defaults_filled_and_typed():
     assert [s.name for s in study.holdout_splits()] == ["validation"]
 
 
+def test_model_memory_from_config_else_default():
+    raw = copy.deepcopy(BASE)
+    raw["models"]["tiny"]["mem_mb"] = {"train": 3000}
+    model = load_study(raw).models["tiny"]
+    assert model.memory_mb("train") == 3000
+    assert model.memory_mb("score") == 8000 and model.memory_mb("prepare") == 8000
+    assert load_study(BASE).models["tiny"].memory_mb("train") == 16000
+    with pytest.raises(KeyError, match="no memory stage 'evaluate'"):
+        model.memory_mb("evaluate")
+
+
 def test_model_overrides_merge_over_study_training():
     raw = copy.deepcopy(BASE)
     raw["models"]["tiny"]["training"] = {"lr": 0.01, "lora": {"alpha": 16}}
@@ -125,6 +136,8 @@ BAD = [
     ("anatomy unknown adapter", _set(["analyses"], {"anatomy": {"adapters": ["r8-mlp"]}}), "config key 'analyses.anatomy.adapters[0]': no model trains adapter 'r8-mlp'"),
     ("anatomy bad key", _set(["analyses"], {"anatomy": {"splits": ["dl19"]}}), "config key 'analyses.anatomy': unknown key 'splits'"),
     ("analysis null", _set(["analyses"], {"anatomy": None}), "config key 'analyses.anatomy': None is not of type 'object'"),
+    ("zero memory", _set(["models", "tiny", "mem_mb"], {"train": 0}), "config key 'models.tiny.mem_mb.train': 0 is less than the minimum of 1"),
+    ("unknown memory stage", _set(["models", "tiny", "mem_mb"], {"evaluate": 2000}), "config key 'models.tiny.mem_mb': unknown key 'evaluate'"),
 ]
 
 SWEEPS = {

@@ -42,6 +42,33 @@ def test_dry_run_every_shipped_config(tmp_path, config):
     assert study["study"]
 
 
+def test_model_jobs_ask_for_the_models_measured_memory(tmp_path):
+    """configs/smollm2.yaml's measured mem_mb reach the jobs that load SmolLM2 (times the
+    attempt: 1 here); the default study's model keeps the rules' defaults."""
+    import re
+
+    def planned_mem(config):
+        proc = run_snakemake(tmp_path, "-n", "-F", "all", configfile=config)
+        mem: dict[str, set[int]] = {}
+        rule = None
+        for line in proc.stdout.splitlines():
+            head = re.fullmatch(r"\s*(?:local)?rule (\w+):", line)
+            rule = head.group(1) if head else rule
+            found = re.search(r"[ ,]mem_mb=(\d+)", line) if "resources:" in line else None
+            if found:
+                mem.setdefault(rule, set()).add(int(found.group(1)))
+        return mem
+
+    measured = yaml.safe_load((REPO / "configs" / "smollm2.yaml").read_text())
+    want = measured["models"]["smollm2"]["mem_mb"]
+    mem = planned_mem(REPO / "configs" / "smollm2.yaml")
+    assert mem["prepare_base"] == {want["prepare"]} and mem["train_lora"] == {want["train"]}
+    for rule in ("evaluate", "evaluate_checkpoints", "compare_boundary", "lens"):
+        assert mem[rule] == {want["score"]}, rule
+    default = planned_mem(REPO / "config.yaml")
+    assert default["train_lora"] == {16000} and default["heads"] == {8000}
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
     raw["data"]["splits"]["dl19"]["depth"] = 0

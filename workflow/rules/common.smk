@@ -276,6 +276,17 @@ def curve_priority(wildcards):
     )
 
 
+def mem_mb(stage):
+    """A rule's mem_mb: the model's measured value for ``stage`` (config ``models.<m>.mem_mb``),
+    else the default for a 7-8B model; times the attempt, so that a retry (--retries) after an
+    out-of-memory kill asks for more."""
+
+    def of(wildcards, attempt):
+        return STUDY.models[wildcards.model].memory_mb(stage) * attempt
+
+    return of
+
+
 def train_runtime(wildcards):
     """Minutes for a training job: generous for the run's length (profiles may override)."""
     steps = STUDY.models[wildcards.model].training.steps[-1]

@@ -23,7 +23,7 @@ rule evaluate_checkpoints:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("evaluate_checkpoints"),
@@ -64,7 +64,7 @@ rule evaluate:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("evaluate"),
@@ -93,7 +93,7 @@ rule evaluate_zero_shot:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("evaluate_zero_shot"),

@@ -17,7 +17,7 @@ rule prepare_base:
     threads: 1
     resources:
         gpu=0,
-        mem_mb=8000,
+        mem_mb=mem_mb("prepare"),
         runtime=60,
     params:
         cfg=config_slice("prepare_base"),

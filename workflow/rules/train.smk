@@ -20,7 +20,7 @@ rule train_lora:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=mem_mb("train"),
         runtime=train_runtime,
     params:
         cfg=config_slice("train_lora"),

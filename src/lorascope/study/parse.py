@@ -220,6 +220,7 @@ def _parse_model(name: str, raw: Mapping[str, Any], training: Mapping[str, Any],
         training=_parse_training(merged_training(training, raw.get("training", {})), f"{key}.training"),
         zero_shot=copy.deepcopy(raw["zero_shot"]),
         imported=tuple(_parse_imported(key, raw["imported"], kind, source, base)),
+        mem_mb=dict(raw["mem_mb"]),
     )
     if not model.adapters():
         raise ConfigError(f"config key '{key}': the model has no adapters (training.adapters "

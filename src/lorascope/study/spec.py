@@ -200,6 +200,12 @@ class Training:
     lora: LoraSettings
 
 
+#: Snakemake ``mem_mb`` per model stage unless a model's ``mem_mb`` says otherwise: enough for a
+#: 7-8B model on a GPU node (prepare: loading and saving the base; train: training; score:
+#: every job that loads the model to score pairs).
+MEM_MB = {"prepare": 8000, "train": 16000, "score": 8000}
+
+
 @dataclass(frozen=True)
 class Model:
     """A base model entry; ``kind`` says which source key it used."""
@@ -212,6 +218,14 @@ class Model:
     training: Training
     zero_shot: Mapping[str, Any] | None = None
     imported: tuple[ImportedAdapter, ...] = ()
+    mem_mb: Mapping[str, int] = field(default_factory=dict)
+
+    def memory_mb(self, stage: str) -> int:
+        """Snakemake ``mem_mb`` of this model's ``stage`` jobs (:data:`MEM_MB`): the config's
+        measured value, else the default."""
+        if stage not in MEM_MB:
+            raise KeyError(f"no memory stage {stage!r} (known: {', '.join(MEM_MB)})")
+        return int(self.mem_mb.get(stage, MEM_MB[stage]))
 
     def adapters(self) -> tuple[Adapter | ImportedAdapter, ...]:
         """Every adapter of the model: the trained ones, then the imported ones."""

@@ -27,7 +27,7 @@ rule heads:
     priority: 40  # L x H passes per model: among the longest scoring jobs, started early
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=60,
     params:
         cfg=config_slice("heads"),

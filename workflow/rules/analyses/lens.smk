@@ -21,7 +21,7 @@ rule lens:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("lens"),

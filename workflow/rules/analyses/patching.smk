@@ -30,7 +30,7 @@ rule patching:
     priority: 40  # many patched passes: among the longest scoring jobs, started early
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("patching"),

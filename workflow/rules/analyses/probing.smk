@@ -29,7 +29,7 @@ rule probing:
     priority: 10  # one pass per checkpoint
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb("score"),
         runtime=30,
     params:
         cfg=config_slice("probing"),
