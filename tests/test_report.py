@@ -165,6 +165,20 @@ def build_summary(root: Path, *, models=MODELS, sweeps=("components", "layers",
     contracts.write_table(root / "convergence.parquet",
                           {k: [c[k] for c in conv] for k in contracts.CONVERGENCE.columns},
                           contracts.CONVERGENCE)
+    # alpha's components sweep compares MHA-only with MLP-only (significant) and MLP-only with
+    # no LoRA (not)
+    contrasts = [
+        {"model": "alpha", "adapter": "r8-all", "step": 100, "sweep": "components",
+         "split": "dl19", "a": a, "b": b, "measure": "nDCG@10", "value_a": 0.5, "value_b": 0.4,
+         "delta": delta, "p_value": p / 2, "p_adjusted": p, "significant": p < 0.05,
+         "queries": 43}
+        for a, b, delta, p in (("mha_only", "mlp_only", 0.07, 0.012),
+                               ("mlp_only", "no_lora", 0.18, 0.2))
+        if "alpha" in models
+    ]
+    contracts.write_table(root / "contrasts.parquet",
+                          {k: [c[k] for c in contrasts] for k in contracts.CONTRASTS.columns},
+                          contracts.CONTRASTS)
     if training_log:
         log = []
         for model in models:
@@ -342,6 +356,13 @@ def test_table3_cells_and_significance_markers(rendered):
     marked = [c for r in rows.values() for c in r if c.endswith("†")]
     assert marked == ["0.4580†", "0.2580†", "0.4380†"]
     assert "head-only reading" in md and "trained score head" in md
+    # the sweep's pairwise tests, under the table, for the model that has them
+    table3 = md.split("### Table 3: ")[1].split("###")[0]
+    assert ("Pairwise, Alpha_7B #1 (difference of the first minus the second; 43 queries; "
+            "paired test corrected over the pairs, †: significant): “MHA updates only” vs "
+            "“MLP updates only”: nDCG@10 +0.0700 (p = 0.012 †); “MLP updates only” vs “No LoRA "
+            "updates”: nDCG@10 +0.1800 (p = 0.2).") in table3.replace("\\_", "_")
+    assert "Pairwise, Tiny" not in table3
     assert "†" in md.split("### Table 3: ")[1].split("###")[0].split("| Both MLP & MHA")[1]
 
 

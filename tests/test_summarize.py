@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from lorascope.analyses.anatomy import ANATOMY
 from lorascope.analyses.boundary import BOUNDARY
@@ -104,7 +106,8 @@ def test_summary_gathers_every_analysis(tmp_path):
     conv = pd.read_parquet(out / "convergence.parquet")
     assert conv.loc[0, "convergence_step"] == 30  # 0.47 is within 0.01 of the best 0.475
     study = json.loads((out / "study.json").read_text())
-    assert set(study["inputs"]) == {"evaluations", "convergence", "training_log", "boundary",
+    assert set(study["inputs"]) == {"evaluations", "convergence", "training_log", "contrasts",
+                                    "boundary",
                                     "lens", "patching", "patching_heads", "probing", "heads",
                                     "anatomy"}
 
@@ -119,3 +122,48 @@ def test_a_study_without_analyses_gets_empty_tables(tmp_path):
     assert {"boundary", "lens", "anatomy", "patching", "probing", "heads"} <= set(tables)
     for name, contract in tables.items():
         assert contracts.read_table(out / f"{name}.parquet", contract).num_rows == 0
+
+
+def test_contrasts_test_pairs_of_ablations_per_query(tmp_path):
+    """A sweep with ``compare`` gets each pair tested per query on every measure (Holm over
+    the pairs), the same numbers as scipy's signed-rank test on the per-query differences."""
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(0)
+    qids = [f"q{i}" for i in range(12)]
+    values = {"full": rng.uniform(0.4, 0.8, 12)}
+    values["mha_only"] = values["full"] - rng.uniform(0.0, 0.1, 12)
+    values["mlp_only"] = values["mha_only"] - rng.uniform(0.05, 0.2, 12)
+    values["no_lora"] = values["mlp_only"] + rng.normal(0.0, 0.01, 12)
+    metrics = tmp_path / "metrics.parquet"
+    contracts.write_rows(metrics, contracts.METRICS, [
+        {"ablation": a, "qid": q, "measure": m, "value": float(v[i] * (1 if m == "nDCG@10" else 0.5))}
+        for a, v in values.items() for i, q in enumerate(qids) for m in ("nDCG@10", "RR(rel=2)")])
+    entries = {a: _entry(float(v.mean()), 0.0, None) for a, v in values.items()}
+    job = {**RUN, "sweep": "components", "split": "dl19", "metrics": str(metrics),
+           "summary": _write(tmp_path / "comp.json", {"ablations": entries})}
+    inputs = {**_inputs(tmp_path), "evaluations": [job]}
+    params = {**_params(), "contrasts": {"components": [["mha_only", "mlp_only"],
+                                                         ["mlp_only", "no_lora"]]},
+              "significance": {"test": "wilcoxon", "correction": "holm", "alpha": 0.05}}
+    out = tmp_path / "summary"
+    summarize(params, inputs, out)
+
+    ct = contracts.read_table(out / "contrasts.parquet", contracts.CONTRASTS).to_pandas()
+    assert len(ct) == 4 and set(ct["measure"]) == {"nDCG@10", "RR(rel=2)"}
+    nd = ct[ct["measure"] == "nDCG@10"].set_index("a")
+    first, second = nd.loc["mha_only"], nd.loc["mlp_only"]
+    assert (first["b"], second["b"]) == ("mlp_only", "no_lora")
+    assert first["delta"] == pytest.approx(
+        float((values["mha_only"] - values["mlp_only"]).mean()))
+    p1 = scipy_stats.wilcoxon(values["mlp_only"] - values["mha_only"]).pvalue
+    p2 = scipy_stats.wilcoxon(values["no_lora"] - values["mlp_only"]).pvalue
+    assert first["p_value"] == pytest.approx(p1)
+    assert second["p_value"] == pytest.approx(p2)
+    low, high = sorted([p1, p2])  # Holm over the two pairs
+    want = {p1: min(1.0, 2 * low) if p1 == low else max(min(1.0, 2 * low), high),
+            p2: min(1.0, 2 * low) if p2 == low else max(min(1.0, 2 * low), high)}
+    assert first["p_adjusted"] == pytest.approx(want[p1])
+    assert second["p_adjusted"] == pytest.approx(want[p2])
+    assert bool(first["significant"]) and first["queries"] == 12
+    assert bool(second["significant"]) == (want[p2] < 0.05)

@@ -65,8 +65,9 @@ def test_model_jobs_ask_for_the_models_measured_memory(tmp_path):
     assert mem["prepare_base"] == {want["prepare"]} and mem["train_lora"] == {want["train"]}
     for rule in ("evaluate", "evaluate_checkpoints", "compare_boundary", "lens"):
         assert mem[rule] == {want["score"]}, rule
-    default = planned_mem(REPO / "config.yaml")
-    assert default["train_lora"] == {16000} and default["heads"] == {8000}
+    # a model without mem_mb keeps the rules' defaults (sized for 7-8B)
+    paper = planned_mem(REPO / "configs" / "paper.yaml")
+    assert paper["train_lora"] == {16000} and paper["evaluate"] == {8000}
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

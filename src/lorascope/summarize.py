@@ -19,8 +19,10 @@ from typing import Any
 from lorascope.analyses.registry import ANALYSES, load, summary_tables
 from lorascope.core import fileio, provenance
 from lorascope.core.contracts import (
+    CONTRASTS,
     CONVERGENCE,
     EVALUATIONS,
+    METRICS,
     TRAINING_LOG,
     Contract,
     read_table,
@@ -54,6 +56,38 @@ def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
                     "queries": result["queries"],
                 }
             )
+    return rows
+
+
+def contrast_rows(
+    job: Mapping[str, Any],
+    metrics: Any,
+    pairs: list[list[str]],
+    significance: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """CONTRASTS rows of one sweep job: each pair of its ablations tested per query, on every
+    measure (corrected over the pairs, per measure)."""
+    from lorascope.core import stats
+
+    rows = []
+    for measure, frame in metrics.groupby("measure", sort=True):
+        per_query = {name: dict(zip(g["qid"], g["value"]))
+                     for name, g in frame.groupby("ablation")}
+        for name in {n for pair in pairs for n in pair} - set(per_query):
+            raise ValueError(f"{job['sweep']} on {job['split']}: no per-query {measure} of "
+                             f"ablation {name!r} to compare")
+        tested = stats.contrasts(per_query, [(a, b) for a, b in pairs],
+                                 significance["test"], significance["correction"])
+        for a, b, p, adjusted in tested:
+            value_a = sum(per_query[a].values()) / len(per_query[a])
+            value_b = sum(per_query[b].values()) / len(per_query[b])
+            rows.append({
+                **{k: job[k] for k in ("model", "adapter", "step", "sweep", "split")},
+                "a": a, "b": b, "measure": measure, "value_a": value_a, "value_b": value_b,
+                "delta": value_a - value_b, "p_value": p, "p_adjusted": adjusted,
+                "significant": adjusted < significance["alpha"],
+                "queries": len(per_query[a]),
+            })
     return rows
 
 
@@ -218,10 +252,15 @@ def summarize(
     for split, path in inputs["first_stage"].items():
         rows += first_stage_rows(split, json.loads(Path(path).read_text()))
     scoring_precision: dict[str, int] = {}
+    contrasts: list[dict[str, Any]] = []
     for job in inputs["evaluations"]:
         fields = {k: job[k] for k in JOB_FIELDS}
         summary = json.loads(Path(job["summary"]).read_text())
         rows += evaluation_rows(fields, summary)
+        if job.get("metrics"):
+            metrics = read_table(job["metrics"], METRICS).to_pandas()
+            contrasts += contrast_rows(fields, metrics, params["contrasts"][job["sweep"]],
+                                       params["significance"])
         said = _precision_text((summary.get("provenance") or {}).get("precision"))
         scoring_precision[said] = scoring_precision.get(said, 0) + 1
     for job in inputs.get("zero_shot") or []:
@@ -239,6 +278,7 @@ def summarize(
             write_table(out / f"{name}.parquet", value, tables[name], record)
     conv = convergence_rows(rows, params["convergence"])
     write_rows(out / "convergence.parquet", CONVERGENCE, conv, record)
+    write_rows(out / "contrasts.parquet", CONTRASTS, contrasts, record)
     train_rows: list[dict[str, Any]] = []
     for run in inputs["training"]:
         train_rows += training_rows(run["model"], run["adapter"], Path(run["log"]))

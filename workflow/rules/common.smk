@@ -167,9 +167,18 @@ def curve_jobs():
     return tuple(plan.curve_jobs(STUDY))
 
 
-def eval_summary(job):
-    pattern = "eval/{model}/{adapter}/step-{step}/{sweep}/{split}/summary.json"
-    return path(pattern, **vars(job))
+def eval_summary(job, name="summary.json"):
+    """A sweep job's summary.json (or its other output ``name``, e.g. metrics.parquet)."""
+    return path(
+        f"eval/{{model}}/{{adapter}}/step-{{step}}/{{sweep}}/{{split}}/{name}",
+        **vars(job),
+    )
+
+
+def contrasted_jobs():
+    """The sweep jobs whose sweep compares pairs of its ablations (summarize reads their
+    per-query metrics)."""
+    return [job for job in sweep_jobs() if STUDY.sweeps[job.sweep].compare]
 
 
 def curve_dir(job):
@@ -348,6 +357,9 @@ def summarize_inputs(wildcards):
     """Every file summarize reads, found from the plan (never by globbing)."""
     inputs = {
         "evals": [eval_summary(job) for job in sweep_jobs()],
+        "contrasted": [
+            eval_summary(job, "metrics.parquet") for job in contrasted_jobs()
+        ],
         "curves": [curve_dir(job) for job in curve_jobs()],
         "zero_shot": [zero_shot_summary(m, s) for m, s in plan.zero_shot_jobs(STUDY)],
         "first_stage": first_stage_targets(),
@@ -380,7 +392,15 @@ def summarize_jobs(wildcards):
         for evaluation in job.evaluations()
     ]
     sweeps = [
-        {**run_fields(**vars(job)), "summary": eval_summary(job)}
+        {
+            **run_fields(**vars(job)),
+            "summary": eval_summary(job),
+            **(
+                {"metrics": eval_summary(job, "metrics.parquet")}
+                if STUDY.sweeps[job.sweep].compare
+                else {}
+            ),
+        }
         for job in sweep_jobs()
     ]
     zero_shot = [

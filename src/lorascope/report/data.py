@@ -49,6 +49,8 @@ class ReportInputs:
     training_log: pd.DataFrame
     study: dict[str, Any]
     files: dict[str, Path | None] = field(default_factory=dict)
+    #: Pairs of a sweep's ablations tested against each other (``sweeps.<s>.compare``).
+    contrasts: pd.DataFrame = field(default_factory=lambda: _empty(contracts.CONTRASTS))
     #: The analyses' summary tables by name (:func:`table` gives an empty one when missing).
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -260,6 +262,7 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
         training_log=frames["training_log"],
         study=study,
         files=files,
+        contrasts=frames["contrasts"],
         tables={k: v for k, v in frames.items() if k not in PAPER_SUMMARY_TABLES},
     )
 

@@ -21,6 +21,7 @@ from lorascope.report.data import ReportInputs, reference_applies
 from lorascope.report.model import (
     MECHANICS_NOTE,
     SIGNIFICANCE_NOTE,
+    SIGNIFICANT,
     Cell,
     Column,
     Omitted,
@@ -602,8 +603,48 @@ def _ablation_table(
         companion=companion,
     )
     table.notes.extend(_missing_models(order, models, inputs))
+    table.notes.extend(_contrast_notes(inputs, chosen, adapter, split, dict(shown_rows),
+                                       [m for _, m in measures]))
     _common_notes(table, inputs, ablation_table=True)
+    if any(note.startswith("Pairwise") for note in table.notes):
+        table.sources.append(f"`{inputs.source_path('contrasts')}`: the pairwise tests")
     return table
+
+
+def _contrast_notes(
+    inputs: ReportInputs,
+    chosen: Mapping[str, tuple[str, int]],
+    adapter: str,
+    split: str,
+    labels: Mapping[str, str],
+    measures: Sequence[str],
+) -> list[str]:
+    """One note per model whose sweep compares pairs of the shown rows (``compare``): each
+    pair's difference and corrected p-value, per measure."""
+    ct = inputs.contrasts
+    notes = []
+    for model, (sweep, step) in chosen.items():
+        part = ct[(ct["model"] == model) & (ct["sweep"] == sweep) & (ct["step"] == step)
+                  & (ct["adapter"] == adapter) & (ct["split"] == split)
+                  & ct["measure"].isin(measures)
+                  & ct["a"].isin(list(labels)) & ct["b"].isin(list(labels))]
+        if part.empty:
+            continue
+        said = []
+        for (a, b), pair in part.groupby(["a", "b"], sort=False):
+            tests = [
+                f"{r.measure} {r.delta:+.4f} (p = {r.p_adjusted:.3g}"
+                + (f" {SIGNIFICANT}" if r.significant else "") + ")"
+                for r in pair.sort_values("measure").itertuples()
+            ]
+            said.append(f"“{labels[a]}” vs “{labels[b]}”: " + ", ".join(tests))
+        queries = int(part["queries"].max())
+        notes.append(
+            f"Pairwise, {inputs.model_label(model)} (difference of the first minus the second; "
+            f"{queries} queries; paired test corrected over the pairs, {SIGNIFICANT}: "
+            "significant): " + "; ".join(said) + "."
+        )
+    return notes
 
 
 def build_table3(params, inputs, reference, split, companion=False) -> Table | Omitted:

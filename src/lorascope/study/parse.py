@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from lorascope.core import variants
-from lorascope.core.names import SVD
+from lorascope.core.names import FULL, SVD
 from lorascope.core.packages import package_dir
 from lorascope.study.schema import validate
 from lorascope.study.spec import (
@@ -458,7 +458,30 @@ def _parse_sweep(
         generate=generate,
         ablations=copy.deepcopy(raw["ablations"]),
         ranks=tuple(raw["ranks"]) if "ranks" in raw else None,
+        compare=_parse_compare(raw["compare"], raw["ablations"], key),
     )
+
+
+def _parse_compare(
+    pairs: Sequence[Sequence[str]], ablations: Mapping[str, Any], key: str
+) -> tuple[tuple[str, str], ...]:
+    """A sweep's ``compare`` pairs: each names two different listed ablations (or full)."""
+    known = [FULL, *ablations]
+    seen: set[frozenset[str]] = set()
+    for i, pair in enumerate(pairs):
+        for j, name in enumerate(pair):
+            if name not in known:
+                raise ConfigError(
+                    f"config key '{key}.compare[{i}][{j}]': {name!r} is not an ablation of the "
+                    f"sweep (its ablations: {', '.join(known)})"
+                )
+        if pair[0] == pair[1] or frozenset(pair) in seen:
+            raise ConfigError(
+                f"config key '{key}.compare[{i}]': {list(pair)} compares "
+                + ("an ablation with itself" if pair[0] == pair[1] else "a pair listed before")
+            )
+        seen.add(frozenset(pair))
+    return tuple((str(a), str(b)) for a, b in pairs)
 
 
 def check_selection(

@@ -161,9 +161,14 @@ def summarize(study: Study) -> dict[str, Any]:
     """What the study summary reads from the config: the convergence rule and the study's
     description for study.json. (Metrics and significance reach it through the evaluations'
     summaries, which rerun when they change.) Not the config hash: it changes with any
-    value, and a report-only change must not rerun the summary."""
+    value, and a report-only change must not rerun the summary. The sweeps' ``compare``
+    pairs and the paired test they use: the contrasts are computed here, from the sweeps'
+    per-query metrics."""
     return {
         "convergence": dataclasses.asdict(study.evaluation.convergence),
+        "contrasts": {s.name: [list(p) for p in s.compare]
+                      for s in study.sweeps.values() if s.compare},
+        "significance": dataclasses.asdict(study.evaluation.significance),
         "study": {
             "study": study.name,
             "models": {

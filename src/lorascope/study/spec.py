@@ -287,6 +287,7 @@ class Sweep:
     generate: str | None
     ablations: Mapping[str, Any]
     ranks: tuple[int, ...] | None = None
+    compare: tuple[tuple[str, str], ...] = ()
 
     def spec(self) -> dict[str, Any]:
         """The declarative part that :func:`lorascope.core.ablation.resolve_sweep` reads."""

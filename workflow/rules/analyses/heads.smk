@@ -21,10 +21,10 @@ rule heads:
         logs("heads/{model}/{adapter}/{split}.log"),
     benchmark:
         benchmarks("heads/{model}/{adapter}/{split}.tsv")
+    priority: 40  # L x H passes per model: among the longest scoring jobs, started early
     conda:
         ANALYSIS_ENV
     threads: 1
-    priority: 40  # L x H passes per model: among the longest scoring jobs, started early
     resources:
         gpu=1,
         mem_mb=mem_mb("score"),

@@ -24,10 +24,10 @@ rule patching:
         logs("patching/{model}/{adapter}/{split}.log"),
     benchmark:
         benchmarks("patching/{model}/{adapter}/{split}.tsv")
+    priority: 40  # many patched passes: among the longest scoring jobs, started early
     conda:
         ANALYSIS_ENV
     threads: 1
-    priority: 40  # many patched passes: among the longest scoring jobs, started early
     resources:
         gpu=1,
         mem_mb=mem_mb("score"),

@@ -23,10 +23,10 @@ rule probing:
         logs("probing/{model}/{adapter}/{split}.log"),
     benchmark:
         benchmarks("probing/{model}/{adapter}/{split}.tsv")
+    priority: 10  # one pass per checkpoint
     conda:
         ANALYSIS_ENV
     threads: 1
-    priority: 10  # one pass per checkpoint
     resources:
         gpu=1,
         mem_mb=mem_mb("score"),
