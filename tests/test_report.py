@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lorascope.core import contracts
+from lorascope.core.contrasts import CONTRASTS
 from lorascope.report import render_report
 from lorascope.analyses.boundary.report import choose_boundary
 
@@ -177,8 +178,8 @@ def build_summary(root: Path, *, models=MODELS, sweeps=("components", "layers",
         if "alpha" in models
     ]
     contracts.write_table(root / "contrasts.parquet",
-                          {k: [c[k] for c in contrasts] for k in contracts.CONTRASTS.columns},
-                          contracts.CONTRASTS)
+                          {k: [c[k] for c in contrasts] for k in CONTRASTS.columns},
+                          CONTRASTS)
     if training_log:
         log = []
         for model in models:

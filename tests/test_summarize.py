@@ -15,6 +15,7 @@ from lorascope.analyses.boundary import BOUNDARY
 from lorascope.analyses.lens import LENS
 from lorascope.analyses.boundary import PRUNED_SWEEP as BOUNDARY_SWEEP
 from lorascope.core import contracts
+from lorascope.core.contrasts import CONTRASTS
 from lorascope.summarize import summarize
 
 RUN = {"model": "m", "adapter": "r8-all-dora", "rank": 8, "targets": "all", "variant": "dora",
@@ -149,7 +150,7 @@ def test_contrasts_test_pairs_of_ablations_per_query(tmp_path):
     out = tmp_path / "summary"
     summarize(params, inputs, out)
 
-    ct = contracts.read_table(out / "contrasts.parquet", contracts.CONTRASTS).to_pandas()
+    ct = contracts.read_table(out / "contrasts.parquet", CONTRASTS).to_pandas()
     assert len(ct) == 4 and set(ct["measure"]) == {"nDCG@10", "RR(rel=2)"}
     nd = ct[ct["measure"] == "nDCG@10"].set_index("a")
     first, second = nd.loc["mha_only"], nd.loc["mlp_only"]

@@ -18,8 +18,8 @@ from typing import Any
 
 from lorascope.analyses.registry import ANALYSES, load, summary_tables
 from lorascope.core import fileio, provenance
+from lorascope.core.contrasts import CONTRASTS, contrast_rows
 from lorascope.core.contracts import (
-    CONTRASTS,
     CONVERGENCE,
     EVALUATIONS,
     METRICS,
@@ -56,38 +56,6 @@ def evaluation_rows(job: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
                     "queries": result["queries"],
                 }
             )
-    return rows
-
-
-def contrast_rows(
-    job: Mapping[str, Any],
-    metrics: Any,
-    pairs: list[list[str]],
-    significance: Mapping[str, Any],
-) -> list[dict[str, Any]]:
-    """CONTRASTS rows of one sweep job: each pair of its ablations tested per query, on every
-    measure (corrected over the pairs, per measure)."""
-    from lorascope.core import stats
-
-    rows = []
-    for measure, frame in metrics.groupby("measure", sort=True):
-        per_query = {name: dict(zip(g["qid"], g["value"]))
-                     for name, g in frame.groupby("ablation")}
-        for name in {n for pair in pairs for n in pair} - set(per_query):
-            raise ValueError(f"{job['sweep']} on {job['split']}: no per-query {measure} of "
-                             f"ablation {name!r} to compare")
-        tested = stats.contrasts(per_query, [(a, b) for a, b in pairs],
-                                 significance["test"], significance["correction"])
-        for a, b, p, adjusted in tested:
-            value_a = sum(per_query[a].values()) / len(per_query[a])
-            value_b = sum(per_query[b].values()) / len(per_query[b])
-            rows.append({
-                **{k: job[k] for k in ("model", "adapter", "step", "sweep", "split")},
-                "a": a, "b": b, "measure": measure, "value_a": value_a, "value_b": value_b,
-                "delta": value_a - value_b, "p_value": p, "p_adjusted": adjusted,
-                "significant": adjusted < significance["alpha"],
-                "queries": len(per_query[a]),
-            })
     return rows
 
 

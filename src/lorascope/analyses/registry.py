@@ -49,7 +49,10 @@ def summary_tables() -> dict[str, Contract]:
     from lorascope.core import contracts
     from lorascope.core.names import PAPER_SUMMARY_TABLES
 
+    from lorascope.core.contrasts import CONTRASTS
+
     tables = {name: contracts.CONTRACTS[name] for name in PAPER_SUMMARY_TABLES}
+    tables[CONTRASTS.name] = CONTRASTS  # the sweeps' pairwise tests (Tables 3-4)
     for analysis in ANALYSES:
         tables.update(analysis.tables)
     return tables

@@ -150,37 +150,11 @@ TRAINING_LOG = Contract(
     ),
 )
 
-#: Pairs of a sweep's ablations tested against each other (``sweeps.<s>.compare``), per query:
-#: one row per (job, pair, measure); ``delta`` = value_a - value_b, the p-values of the paired
-#: test corrected over the sweep's pairs per measure (evaluation.significance).
-CONTRASTS = Contract(
-    "contrasts",
-    pa.schema(
-        [
-            ("model", pa.string()),
-            ("adapter", pa.string()),
-            ("step", pa.int32()),
-            ("sweep", pa.string()),
-            ("split", pa.string()),
-            ("a", pa.string()),
-            ("b", pa.string()),
-            ("measure", pa.string()),
-            ("value_a", pa.float64()),
-            ("value_b", pa.float64()),
-            ("delta", pa.float64()),
-            ("p_value", pa.float64()),
-            ("p_adjusted", pa.float64()),
-            ("significant", pa.bool_()),
-            ("queries", pa.int32()),
-        ]
-    ),
-)
-
 CONTRACTS: dict[str, Contract] = {
     c.name: c
     for c in (
         TRAIN_GROUPS, QUERIES, QRELS, CANDIDATES, SCORES, METRICS, EVALUATIONS, CONVERGENCE,
-        TRAINING_LOG, CONTRASTS,
+        TRAINING_LOG,
     )
 }
 

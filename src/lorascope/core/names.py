@@ -48,7 +48,7 @@ SPLIT_TABLES = ("queries", "candidates", "qrels")
 
 #: The study summary's tables for the paper (``summary/<table>.parquet``) and its description;
 #: analyses add their own tables (:func:`lorascope.analyses.registry.summary_tables`).
-PAPER_SUMMARY_TABLES = ("evaluations", "convergence", "training_log", "contrasts")
+PAPER_SUMMARY_TABLES = ("evaluations", "convergence", "training_log")
 STUDY_FILE = "study.json"
 
 #: The report's pages in ``reports/<study>/``.

@@ -9,7 +9,7 @@ rate like Bonferroni but rejects at least as much).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 Test = Literal["wilcoxon", "ttest"]
@@ -60,26 +60,6 @@ def compare(full: Mapping[str, float], other: Mapping[str, float], test: Test = 
         p = stats.ttest_rel(b, a).pvalue
     p = float(p)
     return 1.0 if math.isnan(p) else min(1.0, max(0.0, p))
-
-
-def contrasts(
-    per_query: Mapping[str, Mapping[str, float]],
-    pairs: Sequence[tuple[str, str]],
-    test: Test = "wilcoxon",
-    correction: Correction = "holm",
-) -> list[tuple[str, str, float, float]]:
-    """Paired tests of pairs of runs over the same queries, corrected together.
-
-    Args:
-        per_query: run name -> per-query metric (``qid -> value``).
-        pairs: ``(a, b)`` run names to test against each other.
-
-    Returns:
-        ``(a, b, p_value, p_adjusted)`` per pair, in the pairs' order.
-    """
-    raw = {f"{a}\x00{b}": compare(per_query[a], per_query[b], test) for a, b in pairs}
-    adjusted = correct(raw, correction)
-    return [(a, b, raw[f"{a}\x00{b}"], adjusted[f"{a}\x00{b}"]) for a, b in pairs]
 
 
 def bonferroni(pvalues: Mapping[str, float]) -> dict[str, float]:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from lorascope.analyses.registry import summary_tables
 from lorascope.core import contracts
+from lorascope.core.contrasts import CONTRASTS
 from lorascope.core.names import (
     FIRST_STAGE,
     FULL,
@@ -50,7 +51,7 @@ class ReportInputs:
     study: dict[str, Any]
     files: dict[str, Path | None] = field(default_factory=dict)
     #: Pairs of a sweep's ablations tested against each other (``sweeps.<s>.compare``).
-    contrasts: pd.DataFrame = field(default_factory=lambda: _empty(contracts.CONTRASTS))
+    contrasts: pd.DataFrame = field(default_factory=lambda: _empty(CONTRASTS))
     #: The analyses' summary tables by name (:func:`table` gives an empty one when missing).
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -262,8 +263,9 @@ def load_inputs(summary_dir: str | Path) -> ReportInputs:
         training_log=frames["training_log"],
         study=study,
         files=files,
-        contrasts=frames["contrasts"],
-        tables={k: v for k, v in frames.items() if k not in PAPER_SUMMARY_TABLES},
+        contrasts=frames[CONTRASTS.name],
+        tables={k: v for k, v in frames.items()
+                if k not in PAPER_SUMMARY_TABLES and k != CONTRASTS.name},
     )
 
 
