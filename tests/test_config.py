@@ -136,7 +136,7 @@ BAD = [
     ("anatomy unknown adapter", _set(["analyses"], {"anatomy": {"adapters": ["r8-mlp"]}}), "config key 'analyses.anatomy.adapters[0]': no model trains adapter 'r8-mlp'"),
     ("anatomy bad key", _set(["analyses"], {"anatomy": {"splits": ["dl19"]}}), "config key 'analyses.anatomy': unknown key 'splits'"),
     ("analysis null", _set(["analyses"], {"anatomy": None}), "config key 'analyses.anatomy': None is not of type 'object'"),
-    ("compare unknown ablation", _set(["sweeps", "components", "compare"], [["no_lora", "mha_only"]]), "config key 'sweeps.components.compare[0][1]': 'mha_only' is not an ablation of the sweep (its ablations: full, no_lora)"),
+    ("compare unknown ablation", _set(["sweeps", "components", "compare"], [["no_lora", "mha_only"]]), "config key 'sweeps.components.compare[0][1]': 'mha_only' is not an ablation of the sweep (compare takes its listed ablations or full: full, no_lora; generated ones cannot be compared)"),
     ("compare with itself", _set(["sweeps", "components", "compare"], [["no_lora", "no_lora"]]), "config key 'sweeps.components.compare[0]': ['no_lora', 'no_lora'] compares an ablation with itself"),
     ("compare pair twice", _set(["sweeps", "components", "compare"], [["no_lora", "full"], ["full", "no_lora"]]), "config key 'sweeps.components.compare[1]': ['full', 'no_lora'] compares a pair listed before"),
     ("compare not a pair", _set(["sweeps", "components", "compare"], [["no_lora"]]), "config key 'sweeps.components.compare[0]': ['no_lora'] is too short"),

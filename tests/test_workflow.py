@@ -44,7 +44,8 @@ def test_dry_run_every_shipped_config(tmp_path, config):
 
 def test_model_jobs_ask_for_the_models_measured_memory(tmp_path):
     """configs/smollm2.yaml's measured mem_mb reach the jobs that load SmolLM2 (times the
-    attempt: 1 here); the default study's model keeps the rules' defaults."""
+    attempt: 1 here); a model without mem_mb (the tiny ones of mechanics.yaml) keeps the
+    rules' defaults."""
     import re
 
     def planned_mem(config):
@@ -65,9 +66,9 @@ def test_model_jobs_ask_for_the_models_measured_memory(tmp_path):
     assert mem["prepare_base"] == {want["prepare"]} and mem["train_lora"] == {want["train"]}
     for rule in ("evaluate", "evaluate_checkpoints", "compare_boundary", "lens"):
         assert mem[rule] == {want["score"]}, rule
-    # a model without mem_mb keeps the rules' defaults (sized for 7-8B)
-    paper = planned_mem(REPO / "configs" / "paper.yaml")
-    assert paper["train_lora"] == {16000} and paper["evaluate"] == {8000}
+    # a model without mem_mb keeps the rules' defaults
+    mechanics = planned_mem(REPO / "configs" / "mechanics.yaml")
+    assert mechanics["train_lora"] == {16000} and mechanics["evaluate"] == {8000}
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -287,7 +287,7 @@ def curve_priority(wildcards):
 
 def mem_mb(stage):
     """A rule's mem_mb: the model's measured value for ``stage`` (config ``models.<m>.mem_mb``),
-    else the default for a 7-8B model; times the attempt, so that a retry (--retries) after an
+    else the rules' default (lorascope.study.spec.MEM_MB); times the attempt, so that a retry (--retries) after an
     out-of-memory kill asks for more."""
 
     def of(wildcards, attempt):

@@ -473,7 +473,8 @@ def _parse_compare(
             if name not in known:
                 raise ConfigError(
                     f"config key '{key}.compare[{i}][{j}]': {name!r} is not an ablation of the "
-                    f"sweep (its ablations: {', '.join(known)})"
+                    f"sweep (compare takes its listed ablations or full: {', '.join(known)}; "
+                    "generated ones cannot be compared)"
                 )
         if pair[0] == pair[1] or frozenset(pair) in seen:
             raise ConfigError(

@@ -200,9 +200,9 @@ class Training:
     lora: LoraSettings
 
 
-#: Snakemake ``mem_mb`` per model stage unless a model's ``mem_mb`` says otherwise: enough for a
-#: 7-8B model on a GPU node (prepare: loading and saving the base; train: training; score:
-#: every job that loads the model to score pairs).
+#: Snakemake ``mem_mb`` per model stage unless a model's ``mem_mb`` says otherwise (prepare:
+#: preparing the base; train: training; score: every job that loads the model to score pairs).
+#: Enough for the small models measured here (MiniLM, SmolLM2-135M); a 7-8B model needs more.
 MEM_MB = {"prepare": 8000, "train": 16000, "score": 8000}
 
 
