@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from lorascope.core.contracts import Contract
+from lorascope.core.metrics import aggregate
 from lorascope.core.stats import compare, correct
 
 #: Summary table name (``summary/contrasts.parquet``).
@@ -60,18 +61,18 @@ def contrast_rows(
         if missing:
             raise ValueError(f"sweep {job['sweep']} on {job['split']}: no per-query {measure} "
                              f"of {', '.join(map(repr, missing))} to compare")
-        raw = {f"{a}\x00{b}": compare(per_query[a], per_query[b], significance["test"])
+        keys = {(a, b): f"{a}\x00{b}" for a, b in pairs}  # correct() names tests by str
+        raw = {keys[a, b]: compare(per_query[a], per_query[b], significance["test"])
                for a, b in pairs}
         adjusted = correct(raw, significance["correction"])
+        means = aggregate(per_query)  # the same means as the evaluations table's
         for a, b in pairs:
-            value_a = sum(per_query[a].values()) / len(per_query[a])
-            value_b = sum(per_query[b].values()) / len(per_query[b])
+            key = keys[a, b]
             rows.append({
                 **{k: job[k] for k in ("model", "adapter", "step", "sweep", "split")},
-                "a": a, "b": b, "measure": measure, "value_a": value_a, "value_b": value_b,
-                "delta": value_a - value_b, "p_value": raw[f"{a}\x00{b}"],
-                "p_adjusted": adjusted[f"{a}\x00{b}"],
-                "significant": adjusted[f"{a}\x00{b}"] < significance["alpha"],
+                "a": a, "b": b, "measure": measure, "value_a": means[a], "value_b": means[b],
+                "delta": means[a] - means[b], "p_value": raw[key], "p_adjusted": adjusted[key],
+                "significant": adjusted[key] < significance["alpha"],
                 "queries": len(per_query[a]),
             })
     return rows
